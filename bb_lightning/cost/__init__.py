@@ -1,0 +1,1 @@
+"""The cost model: MACs counted once, BOPs / memory from bit widths, and the regulariser."""

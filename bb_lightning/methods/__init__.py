@@ -1,0 +1,7 @@
+"""Quantization methods. Importing this package registers the built-in ones."""
+
+from . import bayesian_bits  # noqa: F401  (registers "bayesian_bits")
+from .base import QuantizerBase
+from .fixed import FixedQuantizer
+
+__all__ = ["QuantizerBase", "FixedQuantizer"]

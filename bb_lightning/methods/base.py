@@ -1,0 +1,97 @@
+"""The interface every quantization method implements; the shared machinery calls nothing else.
+
+A quantizer is attached either to a layer's weight (``role="weight"``; may own per-output-channel pruning state)
+or to a layer's input activation (``role="input"``). The wrapping, cost model, export and Lightning glue only use
+the methods below, so adding a method means adding a quantizer and its config, not changing the shared code.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+Role = Literal["weight", "input"]
+
+
+class QuantizerBase(nn.Module):
+    """Base class for quantizers.
+
+    Subclasses own a 0-dim range parameter ``x_max`` and a persistent boolean buffer ``signed``. Ranges of weight
+    quantizers are initialised eagerly from the weight; input quantizers initialise theirs from the first batch
+    they see in training mode (until then, and in evaluation before that, they pass inputs through unchanged).
+    """
+
+    method: ClassVar[str] = "base"
+
+    def __init__(self, role: Role, num_channels: int | None = None) -> None:
+        super().__init__()
+        if role not in ("weight", "input"):
+            raise ValueError(f"Expected `role` to be 'weight' or 'input', but got {role!r}.")
+        self.role: Role = role
+        self.num_channels = num_channels
+        self.x_max = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("signed", torch.tensor(False))
+        self.register_buffer("initialized", torch.tensor(False))
+        # host-side mirrors of the two flags, so the hot path never reads a device tensor
+        self._signed = False
+        self._initialized = False
+        self.frozen = False
+
+    # ----- ranges -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_range(self, x: Tensor) -> None:
+        """Set sign and range from data: signed iff ``min(x) < 0``; ``x_max = max|x|`` (signed) or ``max(x)``.
+
+        Recorded choice (spec 1.1): the reference uses ``max(x)`` for signed tensors too, clipping the most negative
+        values; we use ``max|x|`` so nothing is clipped at initialisation.
+        """
+        x = x.detach().float()
+        if x.numel() == 0:
+            return
+        lo, hi = torch.aminmax(x)
+        signed = bool(lo < 0)
+        u = torch.maximum(hi, -lo) if signed else hi
+        self.x_max.copy_(u.clamp_min(1e-8))
+        self.signed.fill_(signed)
+        self.initialized.fill_(True)
+        self._signed, self._initialized = signed, True
+
+    def range(self) -> tuple[float, float]:
+        """The clip range ``(lo, hi)`` in the tensor's units."""
+        u = float(self.x_max.detach())
+        return (-u if self._signed else 0.0), u
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._signed = bool(self.signed)
+        self._initialized = bool(self.initialized)
+        self._on_state_loaded()
+
+    def _on_state_loaded(self) -> None:
+        """Hook for subclasses to refresh host-side caches after ``load_state_dict``."""
+
+    # ----- what the shared machinery calls ------------------------------------------------------------------
+    def hard_bits(self) -> int:
+        """Bit width after training: ``0`` if every channel is pruned, ``>= 32`` means float."""
+        raise NotImplementedError
+
+    def keep_mask(self) -> Tensor | None:
+        """Boolean ``[num_channels]`` mask of kept output channels, or ``None`` if the method does not prune."""
+        return None
+
+    def penalty(self, cost_scale: float) -> Tensor:
+        """This quantizer's regulariser term; ``cost_scale`` is its cost weight (e.g. ``MACs / MACs_max``)."""
+        raise NotImplementedError
+
+    def freeze(self) -> None:
+        """Fix the bit width (and mask) deterministically; afterwards only ranges train and the penalty is 0."""
+        self.frozen = True
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by optimizer group name (``"gates"``, ``"ranges"``, ...)."""
+        return {"ranges": [self.x_max]}
+
+    def extra_repr(self) -> str:
+        return f"role={self.role}, channels={self.num_channels}, signed={self._signed}"

@@ -1,0 +1,69 @@
+"""Method-specific settings of Bayesian Bits, validated on construction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ...core.hard_concrete import EVAL_THRESHOLD
+from ...errors import BBConfigError
+
+
+@dataclass
+class BayesianBitsConfig:
+    """Settings of one Bayesian Bits quantizer.
+
+    Args:
+        bits: the doubling chain, starting at 2 (e.g. ``(2, 4, 8, 16, 32)``; 32 means float).
+        gate_init: initial ``log_alpha`` of the doubling gates ``z_4 .. z_top``: one float for all, or one per gate.
+            ``None`` (default) gives ``6`` for every gate except a float (32-bit) one, which starts at ``-6``, i.e.
+            cut off for good: the search starts at w16a16 like the reference's ImageNet runs. ``6`` gives
+            ``P(z > 0) = 0.9995``.
+        prune: per-output-channel 0-bit gates ``z_2`` on weights.
+        prune_init: initial ``log_alpha`` of the pruning gates.
+        gate_cutoff: a doubling gate with ``log_alpha <= gate_cutoff`` is forced to 0, with every higher gate
+            (reference: -2; its computation is skipped).
+        eval_threshold: at evaluation a gate is on iff ``P(z = 0) < eval_threshold`` (reference: 0.34).
+    """
+
+    bits: Sequence[int] = (2, 4, 8, 16, 32)
+    gate_init: float | Sequence[float] | None = None
+    prune: bool = True
+    prune_init: float = 6.0
+    gate_cutoff: float = -2.0
+    eval_threshold: float = EVAL_THRESHOLD
+    _gate_init: tuple[float, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        bits = tuple(int(b) for b in self.bits)
+        if len(bits) < 2 or bits[0] != 2 or any(b2 != 2 * b1 for b1, b2 in zip(bits, bits[1:])) or bits[-1] > 32:
+            raise BBConfigError(
+                "Expected argument `bits` to be a doubling chain starting at 2 and ending at most at 32 "
+                f"(e.g. (2, 4, 8, 16, 32) or (2, 4, 8)), but got {tuple(self.bits)}."
+            )
+        self.bits = bits
+        n = len(bits) - 1
+        if self.gate_init is None:
+            # start at the highest non-float width: the float (32-bit) gate is cut off from the start
+            init = tuple(-6.0 if b >= 32 else 6.0 for b in bits[1:])
+        elif isinstance(self.gate_init, (int, float)):
+            init = (float(self.gate_init),) * n
+        else:
+            init = tuple(float(v) for v in self.gate_init)
+            if len(init) != n:
+                raise BBConfigError(
+                    f"Expected argument `gate_init` to be one float or {n} floats (one per doubling gate "
+                    f"{list(bits[1:])}), but got {tuple(self.gate_init)}."
+                )
+        self._gate_init = init
+        if not 0.0 < self.eval_threshold < 1.0:
+            raise BBConfigError(f"Expected argument `eval_threshold` in (0, 1), but got {self.eval_threshold}.")
+        for name in ("prune_init", "gate_cutoff"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value != value:
+                raise BBConfigError(f"Expected argument `{name}` to be a finite float, but got {value!r}.")
+
+    @property
+    def gate_inits(self) -> tuple[float, ...]:
+        """One initial ``log_alpha`` per doubling gate."""
+        return self._gate_init

@@ -1,0 +1,208 @@
+"""The Bayesian Bits quantizer: a 2-bit base grid plus gated residuals at 4, 8, 16 and 32 bits.
+
+With doubling gates ``z_4 .. z_32`` (hard-concrete, one scalar each per tensor) and an optional per-channel pruning
+gate ``z_2`` (weights only), the reference output is the nested sum (spec 1.4)::
+
+    x_q = z_2 * (x_2 + z_4 * (e_4 + z_8 * (e_8 + z_16 * (e_16 + z_32 * e_32))))
+
+with ``e_{2b} = Q_{2b}(x_c) - Q_b(x_c)`` the residual of the ungated lower reconstruction. Writing ``g_b`` for the
+cumulative gate product up to ``b`` (``g_2 = 1``), this equals ``z_2 * sum_b (g_b - g_{2b}) * Q_b(x_c)``: a convex
+combination of direct ``b``-bit quantizations. Levels whose weight is exactly 0 and that no fractional gate's gradient
+needs are not computed (on CPU this is decided per step from the sampled gates, which costs no device sync; on
+accelerators only levels cut off by ``gate_cutoff`` are skipped, from a host-side copy refreshed by the callback).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..._registry import register_method
+from ...core import hard_concrete as hc
+from ...core.fake_quant import nested_quantize
+from ..base import QuantizerBase, Role
+from .config import BayesianBitsConfig
+
+
+@register_method("bayesian_bits", config=BayesianBitsConfig)
+class BayesianBitsQuantizer(QuantizerBase):
+    """Gated residual quantizer for one weight or input tensor.
+
+    Args:
+        config: method settings (bit chain, gate inits, pruning, thresholds).
+        role: ``"weight"`` or ``"input"``.
+        num_channels: output channels ``C`` of the weight (``weight.shape[0]``); needed for pruning gates.
+        prune: override ``config.prune`` for this tensor (e.g. ``False`` for the classifier); inputs never prune.
+
+    Parameters:
+        log_alpha: ``[len(bits) - 1]`` doubling-gate locations, ``z_4 .. z_top``.
+        prune_log_alpha: ``[C]`` pruning-gate locations ``z_2``, or ``None``.
+        x_max: 0-dim range ``u``.
+    """
+
+    def __init__(
+        self, config: BayesianBitsConfig, role: Role, num_channels: int | None = None, prune: bool | None = None
+    ) -> None:
+        super().__init__(role, num_channels)
+        self.config = config
+        self.bits: tuple[int, ...] = tuple(config.bits)
+        self.log_alpha = nn.Parameter(torch.tensor(config.gate_inits, dtype=torch.float32))
+        prune = config.prune if prune is None else prune
+        if role == "weight" and prune and num_channels:
+            self.prune_log_alpha: nn.Parameter | None = nn.Parameter(torch.full((num_channels,), config.prune_init))
+        else:
+            self.register_parameter("prune_log_alpha", None)
+        self.register_buffer("_bits_f", torch.tensor(self.bits, dtype=torch.float32), persistent=False)
+        self._eval_log_alpha = hc.eval_log_alpha_threshold(config.eval_threshold)
+        self._det_key: tuple | None = None
+        self._det: tuple[int, Tensor | None] = (0, None)
+        self._host_alive = self._count_alive()
+        self._host_masks: dict[tuple, Tensor] = {}
+        self._workspace: dict[str, Tensor] | None = {} if role == "weight" else None
+
+    # ----- gates ------------------------------------------------------------------------------------------
+    @property
+    def num_gates(self) -> int:
+        return len(self.bits) - 1
+
+    def _alive(self) -> Tensor:
+        """``[K]`` float mask: 0 from the first doubling gate with ``log_alpha <= gate_cutoff`` on."""
+        return (self.log_alpha > self.config.gate_cutoff).to(torch.float32).cumprod(0)
+
+    @torch.no_grad()
+    def _count_alive(self) -> int:
+        return int(self._alive().sum())
+
+    def refresh_host_state(self) -> None:
+        """Re-read which doubling gates are cut off (one device sync); used on accelerators between epochs."""
+        self._host_alive = self._count_alive()
+
+    def _on_state_loaded(self) -> None:
+        self.refresh_host_state()
+        self._det_key = None
+
+    def _deterministic_state(self) -> tuple[int, Tensor | None]:
+        """``(number of doubling gates on, [C] float keep mask or None)`` by the evaluation rule; cached."""
+        p = self.prune_log_alpha
+        key = (self.log_alpha._version, None if p is None else p._version, self.log_alpha.device)
+        if key != self._det_key:
+            with torch.no_grad():
+                on = (self.log_alpha > self._eval_log_alpha) & (self.log_alpha > self.config.gate_cutoff)
+                n_on = int(on.to(torch.int64).cumprod(0).sum())
+                mask = None if p is None else (p > self._eval_log_alpha).to(torch.float32)
+            self._det_key, self._det = key, (n_on, mask)
+        return self._det
+
+    # ----- forward ----------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._initialized:
+            if not self.training:
+                return x  # not calibrated yet (e.g. Lightning's sanity check): pass through
+            self.init_range(x)
+        with torch.autocast(x.device.type, enabled=False):
+            xf = x.float()
+            if self.frozen or not self.training:
+                out = self._deterministic_forward(xf)
+            else:
+                out = self._stochastic_forward(xf)
+        return out.to(x.dtype)
+
+    def _channel_view(self, t: Tensor, ndim: int) -> Tensor:
+        return t.view((-1,) + (1,) * (ndim - 1))
+
+    def _deterministic_forward(self, x: Tensor) -> Tensor:
+        n_on, mask = self._deterministic_state()
+        cg = None if mask is None else self._channel_view(mask, x.dim())
+        return nested_quantize(x, self.x_max, x.new_ones(1), (self.bits[n_on],), self._signed, cg, self._workspace)
+
+    def _host_mask(self, device: torch.device) -> Tensor:
+        key = (device, self._host_alive)
+        mask = self._host_masks.get(key)
+        if mask is None:
+            mask = (torch.arange(self.num_gates) < self._host_alive).to(device=device, dtype=torch.float32)
+            self._host_masks = {key: mask}
+        return mask
+
+    def _stochastic_forward(self, x: Tensor) -> Tensor:
+        k = self.num_gates
+        noise = torch.rand(k, device=x.device)
+        if x.device.type == "cpu" and not torch.compiler.is_compiling():
+            levels, weights = self._host_levels(noise)
+        else:  # accelerators: no host reads; only levels cut off at the last refresh are skipped
+            z = hc.sample(self.log_alpha, noise) * self._alive() * self._host_mask(x.device)
+            g = torch.cat([z.new_ones(1), torch.cumprod(z, 0)])
+            weights = (g - torch.cat([g[1:], z.new_zeros(1)]))[: self._host_alive + 1]
+            levels = list(range(self._host_alive + 1))
+        cg = grad_channels = None
+        if self.prune_log_alpha is not None:
+            zc = hc.sample(self.prune_log_alpha)
+            if x.device.type == "cpu":
+                # only channels with a gate strictly inside (0, 1) can receive a gradient
+                grad_channels = torch.nonzero((zc > 0) & (zc < 1)).view(-1)
+            cg = self._channel_view(zc, x.dim())
+        bits = [self.bits[i] for i in levels]
+        return nested_quantize(x, self.x_max, weights, bits, self._signed, cg, self._workspace, grad_channels)
+
+    def _host_levels(self, noise: Tensor) -> tuple[list[int], Tensor]:
+        """CPU path: sample the doubling gates, decide on the host which levels must be computed.
+
+        The convex weight of level ``l`` is ``w_l = g_l - g_{l+1}`` (``g`` = cumulative gate products). Computed are
+        the levels with ``w_l != 0`` and, for every gate strictly inside ``(0, 1)`` (the only ones with a gradient),
+        the level below it. When every reached gate is exactly 0 or 1 a single level has weight 1 and no gate graph
+        is built at all.
+        """
+        k = self.num_gates
+        with torch.no_grad():
+            alive = self._alive()
+            z = hc.sample(self.log_alpha.detach(), noise) * alive
+        zl = z.tolist()
+        g = [1.0]
+        for j in range(k):
+            g.append(g[-1] * zl[j])
+        g.append(0.0)
+        keep = {lvl for lvl in range(k + 1) if g[lvl] != g[lvl + 1]}
+        fractional = {j for j in range(k) if 0.0 < zl[j] < 1.0 and g[j] != 0.0}
+        if not fractional:
+            (level,) = keep
+            return [level], noise.new_ones(1)
+        levels = sorted(keep | fractional)
+        z = hc.sample(self.log_alpha, noise) * alive  # same noise, now with a graph
+        gt = torch.cat([z.new_ones(1), torch.cumprod(z, 0)])
+        w = gt - torch.cat([gt[1:], z.new_zeros(1)])
+        return levels, (w if len(levels) == k + 1 else w[levels])
+
+    # ----- interface used by the shared machinery ---------------------------------------------------------
+    def penalty(self, cost_scale: float) -> Tensor:
+        """Spec 3.2: ``1 + sum_b lam_b prod_{b'<=b} pi_b'`` (no pruning) or the channel-mean of the pruned form,
+        with ``lam_b = cost_scale * b`` and ``pi = P(z > 0)``. Zero once frozen."""
+        if self.frozen:
+            return self.log_alpha.new_zeros(())
+        cum = torch.cumprod(hc.prob_nonzero(self.log_alpha), 0)
+        doubling = cost_scale * torch.dot(self._bits_f[1:], cum)
+        if self.prune_log_alpha is not None:
+            return hc.prob_nonzero(self.prune_log_alpha).mean() * (cost_scale * self.bits[0] + doubling)
+        return 1.0 + doubling
+
+    def hard_bits(self) -> int:
+        n_on, mask = self._deterministic_state()
+        if mask is not None and not bool(mask.any()):
+            return 0
+        return self.bits[n_on]
+
+    def keep_mask(self) -> Tensor | None:
+        _, mask = self._deterministic_state()
+        return None if mask is None else mask.bool()
+
+    def gate_probabilities(self) -> Tensor:
+        """``[K]`` ``P(z_b > 0)`` of the doubling gates (detached), for logging."""
+        return hc.prob_nonzero(self.log_alpha.detach())
+
+    def freeze(self) -> None:
+        super().freeze()
+        self.log_alpha.requires_grad_(False)
+        if self.prune_log_alpha is not None:
+            self.prune_log_alpha.requires_grad_(False)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        gates = [self.log_alpha] + ([self.prune_log_alpha] if self.prune_log_alpha is not None else [])
+        return {"gates": gates, "ranges": [self.x_max]}

@@ -1,0 +1,62 @@
+"""A fixed-bit quantizer with a learned range and an optional channel mask (the result of a search)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..core.fake_quant import FLOAT_BITS, fake_quantize
+from .base import QuantizerBase, Role
+
+
+class FixedQuantizer(QuantizerBase):
+    """``bits``-bit fake quantizer on ``[-u, u]`` / ``[0, u]`` with straight-through gradients.
+
+    Args:
+        role: ``"weight"`` or ``"input"``.
+        bits: any integer ``>= 1``; ``>= 32`` means float (clip only); ``0`` means every channel is pruned.
+        signed: grid sign.
+        x_max: range ``u``.
+        keep: optional boolean ``[C]`` mask of kept output channels (weights only).
+    """
+
+    method = "fixed"
+
+    def __init__(self, role: Role, bits: int, signed: bool, x_max: float, keep: Tensor | None = None) -> None:
+        super().__init__(role, None if keep is None else int(keep.numel()))
+        if bits < 0:
+            raise ValueError(f"Expected `bits` >= 0, but got {bits}.")
+        self.bits = int(bits)
+        with torch.no_grad():
+            self.x_max.fill_(x_max)
+            self.signed.fill_(signed)
+            self.initialized.fill_(True)
+        self._signed, self._initialized = bool(signed), True
+        if self.bits == 0 and keep is None:
+            raise ValueError("A 0-bit (fully pruned) quantizer needs a channel mask `keep`.")
+        self.register_buffer("keep", None if keep is None else keep.to(torch.bool).clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        mask = None
+        if self.keep is not None:
+            shape = (-1,) + (1,) * (x.dim() - 1)
+            mask = self.keep.to(torch.float32).view(shape)
+        with torch.autocast(x.device.type, enabled=False):
+            bits = self.bits if self.bits > 0 else 2  # fully pruned: the mask zeroes everything
+            out = fake_quantize(x.float(), self.x_max, bits, self._signed, mask)
+        return out.to(x.dtype)
+
+    def hard_bits(self) -> int:
+        if self.keep is not None and not bool(self.keep.any()):
+            return 0
+        return self.bits if self.bits > 0 else 0
+
+    def keep_mask(self) -> Tensor | None:
+        return None if self.keep is None else self.keep.clone()
+
+    def penalty(self, cost_scale: float) -> Tensor:
+        return self.x_max.new_zeros(())
+
+    def extra_repr(self) -> str:
+        bits = "float" if self.bits >= FLOAT_BITS else self.bits
+        return f"role={self.role}, bits={bits}, signed={self._signed}"

@@ -1,0 +1,155 @@
+"""Plan which layers to wrap (one counting forward pass) and apply the plan with a given method."""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from .._registry import get_method
+from ..config import FirstLayer, LastLayer, WrapConfig
+from ..cost.macs import count_macs
+from ..errors import BBConfigError
+from ..methods.base import QuantizerBase
+from .adapters import get_adapter, is_candidate
+from .layers import is_wrapped, wrap_layer
+
+
+@dataclass
+class LayerRecord:
+    """One conv/linear layer of the plan. ``wrapped=False`` layers stay float but still count in the cost."""
+
+    name: str
+    type: str
+    weight_shape: tuple[int, ...]
+    macs: int
+    wrapped: bool
+    quantize_input: bool
+    prune: bool
+    is_first: bool = False
+    is_last: bool = False
+
+    @property
+    def params(self) -> int:
+        n = 1
+        for d in self.weight_shape:
+            n *= d
+        return n
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["weight_shape"] = list(self.weight_shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LayerRecord:
+        return cls(**{**d, "weight_shape": tuple(d["weight_shape"])})
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def plan_layers(root: nn.Module, cfg: WrapConfig, example: Tensor) -> list[LayerRecord]:
+    """Select the conv/linear layers of ``root`` to quantize and count their MACs on ``example`` (batch first).
+
+    Raises:
+        BBConfigError: no candidate layer, or an ``include`` pattern that matches nothing.
+        UnsupportedLayerError: a selected layer whose type overrides ``forward`` and has no adapter.
+    """
+    candidates = {n: m for n, m in root.named_modules() if is_candidate(m) and not is_wrapped(m)}
+    if not candidates:
+        raise BBConfigError(
+            f"Model `{type(root).__name__}` has no nn.Conv1d / nn.Conv2d / nn.Linear layer to quantize."
+        )
+    for pattern in cfg.include_patterns:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in candidates):
+            raise BBConfigError(
+                f"`include` pattern {pattern!r} matches no conv/linear layer. Candidates: {sorted(candidates)[:20]}"
+            )
+    selected = {
+        n: m
+        for n, m in candidates.items()
+        if (not cfg.include_patterns or _matches(n, cfg.include_patterns)) and not _matches(n, cfg.exclude_patterns)
+    }
+    if not selected:
+        raise BBConfigError(f"`include`/`exclude` leave no layer of `{type(root).__name__}` to quantize.")
+    for n, m in selected.items():
+        get_adapter(m, n)  # raises UnsupportedLayerError early, naming the layer
+    counts = count_macs(root, selected, example)
+    skipped = sorted(set(selected) - set(counts))
+    if skipped:
+        warnings.warn(
+            f"These layers did not run through their own forward on the example input and are left float: {skipped}",
+            stacklevel=2,
+        )
+    ordered = sorted(counts, key=lambda n: counts[n].order)
+    if not ordered:
+        raise BBConfigError(f"None of the selected layers of `{type(root).__name__}` ran on the example input.")
+    records = []
+    for i, name in enumerate(ordered):
+        m = selected[name]
+        first, last = i == 0, i == len(ordered) - 1
+        wrapped, q_in, prune = True, cfg.quantize_activations, True
+        if first:
+            if cfg.first_layer == FirstLayer.FLOAT:
+                wrapped = False
+            elif cfg.first_layer == FirstLayer.WEIGHTS_ONLY:
+                q_in = False
+        if last:
+            if cfg.last_layer == LastLayer.FLOAT:
+                wrapped = False
+            elif cfg.last_layer == LastLayer.NO_PRUNE:
+                prune = False
+        records.append(
+            LayerRecord(
+                name=name,
+                type=type(m).__name__,
+                weight_shape=tuple(m.weight.shape),
+                macs=counts[name].macs,
+                wrapped=wrapped,
+                quantize_input=wrapped and q_in,
+                prune=wrapped and prune,
+                is_first=first,
+                is_last=last,
+            )
+        )
+    if not any(r.wrapped for r in records):
+        raise BBConfigError("The first/last-layer policies leave no layer to quantize.")
+    return records
+
+
+def apply_plan(
+    root: nn.Module, records: list[LayerRecord], method: str, method_config: Any
+) -> dict[str, nn.Module]:
+    """Wrap the planned layers of ``root`` in place with quantizers of ``method``; returns name -> layer.
+
+    Weight ranges are initialised from the weights immediately; input ranges at the first training batch.
+    """
+    entry = get_method(method)
+    modules = dict(root.named_modules())
+    wrapped: dict[str, nn.Module] = {}
+    for rec in records:
+        if not rec.wrapped:
+            continue
+        m = modules.get(rec.name)
+        if m is None:
+            raise BBConfigError(f"Layer `{rec.name}` from the plan does not exist in `{type(root).__name__}`.")
+        if is_wrapped(m):
+            wrapped[rec.name] = m
+            continue
+        if tuple(m.weight.shape) != tuple(rec.weight_shape):
+            raise BBConfigError(
+                f"Layer `{rec.name}` has weight shape {tuple(m.weight.shape)}, the plan expects {rec.weight_shape}."
+            )
+        adapter = get_adapter(m, rec.name)
+        wq: QuantizerBase = entry.quantizer(method_config, "weight", int(m.weight.shape[0]), rec.prune)
+        wq.to(m.weight.device)
+        wq.init_range(adapter.weight(m))
+        iq = entry.quantizer(method_config, "input", None, False).to(m.weight.device) if rec.quantize_input else None
+        wrap_layer(m, wq, iq)
+        wrapped[rec.name] = m
+    return wrapped
