@@ -1,0 +1,36 @@
+"""bb_lightning: learned mixed-precision quantization and pruning for timm models in PyTorch Lightning.
+
+Public API (stable): :class:`BayesianBits` (callback), :class:`CostRegularizerMixin` (LightningModule mixin),
+:class:`MixedPrecisionConfig` (the exported result) and :func:`apply_config` (float model -> fixed mixed precision).
+"""
+
+from . import methods as _methods  # noqa: F401  (registers the built-in methods)
+from ._registry import get_method as get_method
+from ._registry import list_methods as list_methods
+from ._registry import register_method as register_method
+from .errors import BBConfigError as BBConfigError
+from .errors import UnsupportedLayerError as UnsupportedLayerError
+from .export import MixedPrecisionConfig as MixedPrecisionConfig
+from .export import apply_config as apply_config
+from .lightning.bayesian_bits import BayesianBits as BayesianBits
+from .lightning.callback import QuantizationCallback as QuantizationCallback
+from .lightning.mixin import CostRegularizerMixin as CostRegularizerMixin
+from .version import __version__ as __version__
+from .wrap.adapters import LayerAdapter as LayerAdapter
+from .wrap.adapters import register_layer_adapter as register_layer_adapter
+
+__all__ = [
+    "BBConfigError",
+    "BayesianBits",
+    "CostRegularizerMixin",
+    "LayerAdapter",
+    "MixedPrecisionConfig",
+    "QuantizationCallback",
+    "UnsupportedLayerError",
+    "__version__",
+    "apply_config",
+    "get_method",
+    "list_methods",
+    "register_layer_adapter",
+    "register_method",
+]

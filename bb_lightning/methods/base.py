@@ -85,6 +85,9 @@ class QuantizerBase(nn.Module):
         """This quantizer's regulariser term; ``cost_scale`` is its cost weight (e.g. ``MACs / MACs_max``)."""
         raise NotImplementedError
 
+    def refresh_host_state(self) -> None:
+        """Refresh host-side caches of device state (called between epochs); default: nothing to do."""
+
     def freeze(self) -> None:
         """Fix the bit width (and mask) deterministically; afterwards only ranges train and the penalty is 0."""
         self.frozen = True

@@ -1,0 +1,48 @@
+"""The training-time regulariser ``strength * sum_k R_k`` over every quantizer of a wrapped model.
+
+Each quantizer gets a cost weight (its ``cost_scale``) once, at set-up:
+
+* ``bops``: ``MACs_l / max_l MACs_l`` for the weight and the input quantizer of layer ``l`` (spec 3.3);
+* ``memory``: ``params_l / max_l params_l`` for weight quantizers; input quantizers get 0 (not penalised).
+
+The method turns its cost weight into its own penalty (``QuantizerBase.penalty``); for Bayesian Bits that is the
+nested-probability form of spec 3.2. The sum is not divided by the number of quantizers or the dataset size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..config import CostConfig, CostKind
+from ..wrap.swap import LayerRecord
+
+
+class CostRegularizer:
+    """Holds ``(quantizer, cost_scale)`` pairs; calling it returns ``strength * sum_k penalty_k`` (0-dim tensor)."""
+
+    def __init__(self, records: list[LayerRecord], modules: Mapping[str, nn.Module], cost: CostConfig) -> None:
+        self.cost = cost
+        max_macs = max((r.macs for r in records), default=1) or 1
+        max_params = max((r.params for r in records), default=1) or 1
+        self.terms: list[tuple[nn.Module, float]] = []
+        for rec in records:
+            m = modules.get(rec.name)
+            if not rec.wrapped or m is None:
+                continue
+            if cost.kind == CostKind.BOPS:
+                w_scale = a_scale = rec.macs / max_macs
+            else:
+                w_scale, a_scale = rec.params / max_params, 0.0
+            self.terms.append((m.weight_quantizer, w_scale))
+            if m.input_quantizer is not None:
+                self.terms.append((m.input_quantizer, a_scale))
+
+    def raw(self) -> Tensor:
+        """``sum_k R_k`` without the strength (the quantity of the spec's table 3.7)."""
+        return torch.stack([q.penalty(scale) for q, scale in self.terms]).sum()
+
+    def __call__(self) -> Tensor:
+        return self.cost.strength * self.raw()

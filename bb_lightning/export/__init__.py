@@ -1,0 +1,7 @@
+"""The exported result of a search (:class:`MixedPrecisionConfig`) and turning it into a fixed model."""
+
+from .apply import apply_config, check_model
+from .build import build_config
+from .config import MixedPrecisionConfig
+
+__all__ = ["MixedPrecisionConfig", "apply_config", "build_config", "check_model"]

@@ -1,0 +1,63 @@
+"""Turn a float model into the fixed mixed-precision model an exported config describes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import BBConfigError
+from ..methods.fixed import FixedQuantizer
+from ..wrap.layers import is_wrapped, wrap_layer
+from .config import MixedPrecisionConfig
+
+
+def check_model(model: nn.Module, config: MixedPrecisionConfig) -> None:
+    """Raise :class:`BBConfigError` listing every layer of ``config`` that ``model`` lacks or shapes differently."""
+    modules = dict(model.named_modules())
+    problems = []
+    for name, layer in config.layers.items():
+        m = modules.get(name)
+        if m is None:
+            problems.append(f"`{name}`: no such module")
+        elif not hasattr(m, "weight") or not isinstance(m.weight, torch.Tensor):
+            problems.append(f"`{name}`: `{type(m).__name__}` has no weight")
+        elif list(m.weight.shape) != list(layer["weight_shape"]):
+            problems.append(f"`{name}`: weight shape {list(m.weight.shape)}, config has {layer['weight_shape']}")
+        elif is_wrapped(m):
+            problems.append(f"`{name}`: already quantized")
+    if problems:
+        raise BBConfigError(
+            f"Model `{type(model).__name__}` does not match the MixedPrecisionConfig ({len(problems)} problem(s)): "
+            + "; ".join(problems)
+        )
+
+
+def apply_config(model: nn.Module, config: MixedPrecisionConfig | str) -> nn.Module:
+    """Quantize ``model`` in place with fixed bit widths, ranges and channel masks from ``config``; returns it.
+
+    ``model`` must have the architecture the config was exported from and should carry the trained float weights
+    (the searched model's state dict keeps every original key, so ``model.load_state_dict(sd, strict=False)``
+    works). The result has no gates: each layer is a fixed-bit fake-quantized layer whose outputs equal the searched
+    model's deterministic (evaluation) outputs.
+    """
+    if not isinstance(config, MixedPrecisionConfig):
+        config = MixedPrecisionConfig.load(config)
+    check_model(model, config)
+    modules = dict(model.named_modules())
+    for name, layer in config.layers.items():
+        if not layer["quantized"]:
+            continue
+        m = modules[name]
+        device = m.weight.device
+        keep = None
+        if layer["kept_channels"] is not None:
+            keep = torch.zeros(layer["weight_shape"][0], dtype=torch.bool, device=device)
+            keep[torch.tensor(layer["kept_channels"], dtype=torch.long, device=device)] = True
+        w = layer["weight"]
+        wq = FixedQuantizer("weight", w["bits"], w["signed"], float(w["range"][1]), keep).to(device)
+        iq = None
+        if layer["input"] is not None:
+            a = layer["input"]
+            iq = FixedQuantizer("input", a["bits"], a["signed"], float(a["range"][1])).to(device)
+        wrap_layer(m, wq, iq)
+    return model

@@ -1,0 +1,56 @@
+"""Build a :class:`MixedPrecisionConfig` from a wrapped model (deterministic bit widths, ranges, masks)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import nn
+
+from ..cost.report import cost_totals, layer_costs
+from ..methods.base import QuantizerBase
+from ..wrap.swap import LayerRecord
+from .config import MixedPrecisionConfig
+
+
+def _tensor_spec(q: QuantizerBase) -> dict:
+    lo, hi = q.range()
+    return {"bits": int(q.hard_bits()), "signed": bool(q._signed), "range": [lo, hi]}
+
+
+def build_config(
+    records: list[LayerRecord],
+    modules: Mapping[str, nn.Module],
+    method: str,
+    input_bits: int,
+    model_class: str = "",
+) -> MixedPrecisionConfig:
+    """Snapshot the wrapped layers ``modules`` (name -> layer) of the planned ``records``."""
+    costs = {c.name: c for c in layer_costs(records, modules, input_bits)}
+    layers = {}
+    for rec in records:
+        m = modules.get(rec.name)
+        entry = {
+            "type": rec.type,
+            "weight_shape": list(rec.weight_shape),
+            "macs": int(rec.macs),
+            "quantized": bool(rec.wrapped and m is not None),
+            "weight": None,
+            "input": None,
+            "kept_channels": None,
+            "bops": float(costs[rec.name].bops),
+        }
+        if entry["quantized"]:
+            entry["weight"] = _tensor_spec(m.weight_quantizer)
+            if m.input_quantizer is not None:
+                entry["input"] = _tensor_spec(m.input_quantizer)
+            mask = m.weight_quantizer.keep_mask()
+            if mask is not None and not bool(mask.all()):
+                entry["kept_channels"] = [int(i) for i in mask.nonzero().view(-1).tolist()]
+        layers[rec.name] = entry
+    return MixedPrecisionConfig(
+        method=method,
+        layers=layers,
+        totals=cost_totals(list(costs.values())),
+        input_bits=input_bits,
+        model={"class": model_class},
+    )

@@ -1,0 +1,215 @@
+"""``MixedPrecisionConfig``: the versioned, documented JSON document a search exports.
+
+Schema (version 1)::
+
+    {
+      "format": "bb_lightning.mixed_precision_config",
+      "version": 1,
+      "method": "bayesian_bits",
+      "input_bits": 8,                         # bits assumed for the unquantized network input (BOPs)
+      "model": {"class": "ResNet"},            # informative
+      "layers": {                              # keyed by module name relative to the model, network order
+        "layer1.0.conv1": {
+          "type": "Conv2d",
+          "weight_shape": [64, 64, 3, 3],
+          "macs": 36864,                       # per sample, counted once at set-up
+          "quantized": true,                   # false: the layer stays float (first/last-layer policy)
+          "weight": {"bits": 4, "signed": true, "range": [-0.21, 0.21]},
+          "input": {"bits": 8, "signed": false, "range": [0.0, 3.1]},   # null: input not quantized
+          "kept_channels": [0, 1, 3],          # null: every output channel kept
+          "bops": 1179648.0
+        }
+      },
+      "totals": {"relative_bops": 0.0625, "bops": ..., "fp32_bops": ..., "weight_memory_bytes": ...,
+                 "fp32_weight_memory_bytes": ..., "average_weight_bits": ..., ...}
+    }
+
+Bit widths: ``0`` = every output channel pruned, ``2 .. 16`` quantized, ``32`` = float. Any integer ``>= 1`` is valid
+(BitPruning exports non-powers of two).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BBConfigError
+
+FORMAT = "bb_lightning.mixed_precision_config"
+VERSION = 1
+_LAYER_KEYS = {"type", "weight_shape", "macs", "quantized", "weight", "input", "kept_channels", "bops"}
+_TENSOR_KEYS = {"bits", "signed", "range"}
+
+
+def _fail(where: str, msg: str) -> BBConfigError:
+    return BBConfigError(f"{where}: {msg}")
+
+
+def _check_tensor(where: str, spec: Any) -> dict[str, Any]:
+    if not isinstance(spec, dict):
+        raise _fail(where, f"expected an object with keys {sorted(_TENSOR_KEYS)}, got {type(spec).__name__}")
+    missing, unknown = _TENSOR_KEYS - spec.keys(), spec.keys() - _TENSOR_KEYS
+    if missing or unknown:
+        raise _fail(where, f"missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
+    bits = spec["bits"]
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 0:
+        raise _fail(f"{where}.bits", f"expected an integer >= 0 (0 = pruned, 32 = float), got {bits!r}")
+    if not isinstance(spec["signed"], bool):
+        raise _fail(f"{where}.signed", f"expected true/false, got {spec['signed']!r}")
+    rng = spec["range"]
+    if (
+        not isinstance(rng, list)
+        or len(rng) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rng)
+        or not rng[1] > 0
+    ):
+        raise _fail(f"{where}.range", f"expected [lo, hi] numbers with hi > 0, got {rng!r}")
+    return spec
+
+
+def _check_layer(name: str, d: Any) -> dict[str, Any]:
+    where = f"layers[{name!r}]"
+    if not isinstance(d, dict):
+        raise _fail(where, f"expected an object, got {type(d).__name__}")
+    missing, unknown = _LAYER_KEYS - d.keys(), d.keys() - _LAYER_KEYS
+    if missing or unknown:
+        raise _fail(where, f"missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
+    shape = d["weight_shape"]
+    if not isinstance(shape, list) or not shape or not all(isinstance(v, int) and v > 0 for v in shape):
+        raise _fail(f"{where}.weight_shape", f"expected a list of positive ints, got {shape!r}")
+    if not isinstance(d["quantized"], bool):
+        raise _fail(f"{where}.quantized", f"expected true/false, got {d['quantized']!r}")
+    if d["quantized"]:
+        _check_tensor(f"{where}.weight", d["weight"])
+        if d["input"] is not None:
+            _check_tensor(f"{where}.input", d["input"])
+    kept = d["kept_channels"]
+    if kept is not None and (
+        not isinstance(kept, list) or not all(isinstance(i, int) and 0 <= i < shape[0] for i in kept)
+    ):
+        raise _fail(f"{where}.kept_channels", f"expected null or a list of channel indices < {shape[0]}")
+    return d
+
+
+@dataclass
+class MixedPrecisionConfig:
+    """Per-layer bit widths, ranges and kept channels of a searched model, plus totals. See the module docstring."""
+
+    method: str
+    layers: dict[str, dict[str, Any]]
+    totals: dict[str, float]
+    input_bits: int = 8
+    model: dict[str, Any] = field(default_factory=dict)
+    version: int = VERSION
+
+    # ----- (de)serialisation --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": self.version,
+            "method": self.method,
+            "input_bits": self.input_bits,
+            "model": self.model,
+            "layers": self.layers,
+            "totals": self.totals,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "config") -> MixedPrecisionConfig:
+        """Validate and build; every error names ``source`` and the offending key."""
+        try:
+            if not isinstance(d, dict):
+                raise _fail("top level", f"expected a JSON object, got {type(d).__name__}")
+            if d.get("format") != FORMAT:
+                raise _fail("format", f"expected {FORMAT!r}, got {d.get('format')!r}")
+            if d.get("version") != VERSION:
+                raise _fail("version", f"unsupported version {d.get('version')!r}; this bb_lightning reads {VERSION}")
+            allowed = {"format", "version", "method", "input_bits", "model", "layers", "totals"}
+            unknown = d.keys() - allowed
+            if unknown:
+                raise _fail("top level", f"unknown keys {sorted(unknown)}; allowed {sorted(allowed)}")
+            for key in ("method", "layers", "totals"):
+                if key not in d:
+                    raise _fail(key, "missing")
+            if not isinstance(d["layers"], dict) or not d["layers"]:
+                raise _fail("layers", "expected a non-empty object keyed by module name")
+            layers = {name: _check_layer(name, spec) for name, spec in d["layers"].items()}
+            if not isinstance(d["totals"], dict):
+                raise _fail("totals", "expected an object")
+            return cls(
+                method=str(d["method"]),
+                layers=layers,
+                totals=dict(d["totals"]),
+                input_bits=int(d.get("input_bits", 8)),
+                model=dict(d.get("model", {})),
+            )
+        except BBConfigError as err:
+            raise BBConfigError(f"Invalid MixedPrecisionConfig in {source}: {err}") from None
+
+    def save(self, path: str | os.PathLike, overwrite: bool = True) -> Path:
+        """Write JSON atomically (temporary file + rename: a crash never leaves a half-written file)."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=2)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> MixedPrecisionConfig:
+        """Read and validate a saved config; errors name the file and the key at fault."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise BBConfigError(f"MixedPrecisionConfig file {path} does not exist.") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise BBConfigError(f"Invalid MixedPrecisionConfig in {path}: not JSON ({err}).") from None
+        return cls.from_dict(data, source=str(path))
+
+    # ----- for humans ---------------------------------------------------------------------------------------
+    def table(self) -> str:
+        """A fixed-width per-layer table: weight/input bits, kept channels, share of total BOPs."""
+        total = sum(float(layer["bops"]) for layer in self.layers.values()) or 1.0
+        width = max(12, *(len(n) for n in self.layers))
+        head = f"{'layer':<{width}}  {'type':<16} {'w bits':>6} {'a bits':>6} {'kept':>11} {'MACs':>12} {'BOPs %':>7}"
+        lines = [head, "-" * len(head)]
+        for name, layer in self.layers.items():
+            channels = layer["weight_shape"][0]
+            kept = channels if layer["kept_channels"] is None else len(layer["kept_channels"])
+            if layer["quantized"]:
+                w = str(layer["weight"]["bits"])
+                a = "-" if layer["input"] is None else str(layer["input"]["bits"])
+            else:
+                w, a = "float", "float"
+            lines.append(
+                f"{name:<{width}}  {layer['type'][:16]:<16} {w:>6} {a:>6} {f'{kept}/{channels}':>11} "
+                f"{layer['macs']:>12,} {100.0 * float(layer['bops']) / total:>6.2f}%"
+            )
+        t = self.totals
+        lines.append("-" * len(head))
+        lines.append(
+            f"relative BOPs {100 * t.get('relative_bops', 0):.3f}% of w32a32 | weight memory "
+            f"{t.get('weight_memory_bytes', 0) / 1024:.1f} KiB ({t.get('average_weight_bits', 0):.2f} bits/param) | "
+            f"pruned channels {100 * t.get('pruned_channel_fraction', 0):.1f}%"
+        )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()

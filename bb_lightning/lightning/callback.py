@@ -1,0 +1,275 @@
+"""``QuantizationCallback``: method-agnostic Lightning glue (wrap in ``setup``, optimizer groups, logging, export).
+
+A method's public callback (e.g. :class:`~bb_lightning.BayesianBits`) only builds its method config and calls this
+class's constructor.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from torch import Tensor, nn
+
+from .._registry import get_method
+from ..config import CostConfig, WrapConfig
+from ..errors import BBConfigError
+from ..export import MixedPrecisionConfig
+from ..wrap.swap import apply_plan, plan_layers
+from .state import CHECKPOINT_KEY, QuantizationState, get_state, resolve_root, set_state
+
+DEFAULT_EXPORT_NAME = "mixed_precision_config.json"
+_GROUP_TAG = "bb_lightning"
+
+
+def _positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise BBConfigError(f"Expected argument `{name}` to be a float > 0, but got {value!r}.")
+    return float(value)
+
+
+def _find_optimizers(obj: Any) -> list[torch.optim.Optimizer]:
+    if isinstance(obj, torch.optim.Optimizer):
+        return [obj]
+    if isinstance(obj, dict):
+        return _find_optimizers(obj.get("optimizer"))
+    if isinstance(obj, (list, tuple)):
+        return [o for item in obj for o in _find_optimizers(item)]
+    return []
+
+
+def _unique_path(path: Path) -> Path:
+    """``path``, or ``stem-v1.json``, ``stem-v2.json``, ... if it exists: an export never replaces an older one."""
+    if not path.exists():
+        return path
+    i = 1
+    while (candidate := path.with_name(f"{path.stem}-v{i}{path.suffix}")).exists():
+        i += 1
+    return candidate
+
+
+class QuantizationCallback(pl.Callback):
+    """Wraps the LightningModule's model with quantizers of ``method`` in ``setup``; see :class:`BayesianBits`."""
+
+    def __init__(
+        self,
+        method: str,
+        method_config: Any,
+        wrap: WrapConfig,
+        cost: CostConfig,
+        gate_lr: float = 1e-3,
+        range_lr: float = 1e-3,
+        finetune_epochs: int = 0,
+        export_path: str | None = None,
+        overwrite_export: bool = False,
+        model_attr: str | None = None,
+        input_size: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        get_method(method)
+        self.method, self.method_config, self.wrap, self.cost = method, method_config, wrap, cost
+        self.gate_lr = _positive("gate_lr", gate_lr)
+        self.range_lr = _positive("range_lr", range_lr)
+        if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
+            raise BBConfigError(f"Expected argument `finetune_epochs` to be an int >= 0, but got {finetune_epochs!r}.")
+        self.finetune_epochs = finetune_epochs
+        self.export_path = export_path
+        self.overwrite_export = bool(overwrite_export)
+        if model_attr is not None and not isinstance(model_attr, str):
+            raise BBConfigError(f"Expected argument `model_attr` to be a str or None, but got {model_attr!r}.")
+        self.model_attr = model_attr
+        if input_size is not None:
+            if not isinstance(input_size, Sequence) or not all(isinstance(v, int) and v > 0 for v in input_size):
+                raise BBConfigError(
+                    f"Expected argument `input_size` to be per-sample sizes like (3, 224, 224), but got {input_size!r}."
+                )
+        self.input_size = None if input_size is None else tuple(input_size)
+        #: The exported :class:`MixedPrecisionConfig` once ``fit`` has ended.
+        self.config: MixedPrecisionConfig | None = None
+        #: Where the config was written.
+        self.config_path: Path | None = None
+        self._checked_penalty = False
+
+    # ----- helpers -----------------------------------------------------------------------------------------
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(method=self.method)
+
+    def _root_attr(self, pl_module: pl.LightningModule) -> str:
+        if self.model_attr is not None:
+            try:
+                resolve_root(pl_module, self.model_attr)
+            except AttributeError:
+                raise BBConfigError(
+                    f"`model_attr={self.model_attr!r}`: `{type(pl_module).__name__}` has no such attribute."
+                ) from None
+            return self.model_attr
+        return "model" if isinstance(getattr(pl_module, "model", None), nn.Module) else ""
+
+    def _example_input(self, pl_module: pl.LightningModule, root: nn.Module) -> Tensor:
+        device = next(root.parameters()).device
+        if self.input_size is not None:
+            return torch.zeros((1, *self.input_size), device=device)
+        example = getattr(pl_module, "example_input_array", None)
+        if isinstance(example, Tensor):
+            return example[:1].to(device)
+        cfg = getattr(root, "pretrained_cfg", None) or {}
+        if "input_size" in cfg:
+            return torch.zeros((1, *cfg["input_size"]), device=device)
+        raise BBConfigError(
+            f"Cannot tell the input size of `{type(pl_module).__name__}` to count MACs. HINT: pass "
+            "`input_size=(C, H, W)` to the callback or set `self.example_input_array` in your LightningModule."
+        )
+
+    def state(self, pl_module: pl.LightningModule) -> QuantizationState:
+        state = get_state(pl_module)
+        if state is None:
+            raise BBConfigError(f"`{type(pl_module).__name__}` has not been quantized by this callback yet.")
+        return state
+
+    # ----- lifecycle ---------------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        state = get_state(pl_module)
+        if state is None:
+            root_attr = self._root_attr(pl_module)
+            root = resolve_root(pl_module, root_attr)
+            records = plan_layers(root, self.wrap, self._example_input(pl_module, root))
+            modules = apply_plan(root, records, self.method, self.method_config)
+            state = QuantizationState(
+                self.method, self.method_config, self.wrap, self.cost, records, modules, root_attr, root
+            )
+            set_state(pl_module, state)
+            n = sum(r.wrapped for r in records)
+            rank_zero_info(f"bb_lightning: {self.method} quantizers on {n}/{len(records)} conv/linear layers.")
+        elif state.method != self.method:
+            raise BBConfigError(
+                f"`{type(pl_module).__name__}` is already quantized with `{state.method}`, not `{self.method}`."
+            )
+        if stage == "fit":
+            self._patch_configure_optimizers(pl_module, state)
+
+    def _patch_configure_optimizers(self, pl_module: pl.LightningModule, state: QuantizationState) -> None:
+        original = pl_module.configure_optimizers
+        if getattr(original, "_bb_patched", False):
+            return
+
+        def configure_optimizers() -> Any:
+            result = original()
+            optimizers = _find_optimizers(result)
+            if not optimizers:
+                raise BBConfigError(
+                    f"`{type(pl_module).__name__}.configure_optimizers` returned no torch optimizer; the quantizer "
+                    "gates and ranges need one."
+                )
+            self._add_param_groups(optimizers[0], state)
+            return result
+
+        configure_optimizers._bb_patched = True  # type: ignore[attr-defined]
+        pl_module.configure_optimizers = configure_optimizers  # type: ignore[method-assign]
+
+    def _add_param_groups(self, optimizer: torch.optim.Optimizer, state: QuantizationState) -> None:
+        """Move every quantizer parameter into its own group(s): own LR, no weight decay (spec 3.8)."""
+        groups = state.parameter_groups()
+        ids = {id(p) for params in groups.values() for p in params}
+        for group in optimizer.param_groups:
+            if group.get(_GROUP_TAG):
+                return  # already added (e.g. configure_optimizers called twice)
+            group["params"] = [p for p in group["params"] if id(p) not in ids]
+        if "betas" not in optimizer.defaults:
+            warnings.warn(
+                f"bb_lightning: your optimizer `{type(optimizer).__name__}` is not adaptive; gate gradients are tiny "
+                "(about 5e-4 at init) and only an Adam-type optimizer moves them at a useful speed (spec 2.7).",
+                stacklevel=2,
+            )
+        for name, params in groups.items():
+            lr = self.gate_lr if name == "gates" else self.range_lr
+            group = {"params": params, "lr": lr, "initial_lr": lr, "weight_decay": 0.0, _GROUP_TAG: name}
+            optimizer.add_param_group(group)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state = self.state(pl_module)
+        if self.finetune_epochs and not state.frozen and trainer.max_epochs is not None:
+            if trainer.current_epoch >= trainer.max_epochs - self.finetune_epochs:
+                state.freeze()
+                rank_zero_info(f"bb_lightning: gates fixed at epoch {trainer.current_epoch}; fine-tuning weights/ranges.")
+        for q in state.quantizers():
+            q.refresh_host_state()
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        if self._checked_penalty:
+            return
+        state = self.state(pl_module)
+        if state.penalty_calls == 0 and self.cost.strength > 0 and not state.frozen:
+            raise BBConfigError(
+                f"The quantization regulariser never reached the loss of `{type(pl_module).__name__}`, so the search "
+                "would optimise nothing. HINT: add `bb_lightning.CostRegularizerMixin` to your LightningModule "
+                "(`class Model(CostRegularizerMixin, LightningModule)`), or add `self.quantization_penalty()` to the "
+                "loss your training_step returns."
+            )
+        self._checked_penalty = True
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        state = self.state(pl_module)
+        totals = state.export().totals
+        metrics = {
+            "bb/relative_bops": totals["relative_bops"],
+            "bb/weight_memory_bytes": totals["weight_memory_bytes"],
+            "bb/average_weight_bits": totals["average_weight_bits"],
+            "bb/mean_activation_bits": totals["mean_layer_activation_bits"],
+            "bb/pruned_fraction": totals["pruned_channel_fraction"],
+        }
+        for name, value in metrics.items():
+            pl_module.log(name, value, prog_bar=name == "bb/relative_bops", sync_dist=False)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state = self.state(pl_module)
+        state.freeze()
+        self.config = state.export()
+        self._report(trainer)
+
+    @rank_zero_only
+    def _report(self, trainer: pl.Trainer) -> None:
+        assert self.config is not None
+        root = Path(trainer.log_dir or trainer.default_root_dir)
+        path = Path(self.export_path) if self.export_path else root / DEFAULT_EXPORT_NAME
+        if not self.overwrite_export:
+            path = _unique_path(path)
+        self.config_path = self.config.save(path)
+        print(f"\nbb_lightning: learned mixed-precision configuration ({self.method})\n{self.config.table()}")
+        print(f"bb_lightning: exported to {self.config_path}")
+        totals = {f"bb_final/{k}": float(v) for k, v in self.config.totals.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(totals, step=trainer.global_step)
+
+    # ----- persistence -------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.state(pl_module).to_dict()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"checked_penalty": self._checked_penalty}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._checked_penalty = bool(state_dict.get("checked_penalty", False))
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        data = checkpoint.get(CHECKPOINT_KEY)
+        state = get_state(pl_module)
+        if data is None or state is None:
+            return
+        if [r["name"] for r in data["records"] if r["wrapped"]] != [r.name for r in state.records if r.wrapped]:
+            raise BBConfigError(
+                "The checkpoint was quantized on different layers than this run; check include/exclude and the "
+                "first/last-layer policies."
+            )
+        if data.get("frozen") and not state.frozen:
+            state.freeze()
+
+
+__all__ = ["QuantizationCallback", "apply_plan"]

@@ -1,0 +1,90 @@
+"""``CostRegularizerMixin``: put the quantization regulariser into a LightningModule's training loss."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import BBConfigError
+from .state import CHECKPOINT_KEY, QuantizationState, get_state, set_state
+
+
+def _add_penalty(module: Any, out: Any) -> Any:
+    penalty = module.quantization_penalty()
+    if isinstance(out, Tensor):
+        out = out + penalty
+    elif isinstance(out, dict) and "loss" in out:
+        out = {**out, "loss": out["loss"] + penalty}
+    else:
+        raise BBConfigError(
+            f"`{type(module).__name__}.training_step` returned {type(out).__name__}; CostRegularizerMixin can add the "
+            "quantization penalty only to a loss tensor or a dict with a 'loss' key. HINT: set "
+            "`auto_quantization_penalty = False` and add `self.quantization_penalty()` to your loss yourself."
+        )
+    module.log("bb/penalty", penalty.detach(), on_step=True, on_epoch=True, prog_bar=True)
+    return out
+
+
+def _wrap_training_step(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def training_step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        depth = self.__dict__.get("_bb_step_depth", 0)
+        self.__dict__["_bb_step_depth"] = depth + 1
+        try:
+            out = fn(self, *args, **kwargs)
+        finally:
+            self.__dict__["_bb_step_depth"] = depth
+        if (
+            depth == 0
+            and out is not None
+            and self.auto_quantization_penalty
+            and getattr(self, "automatic_optimization", True)
+            and get_state(self) is not None
+        ):
+            out = _add_penalty(self, out)
+        return out
+
+    training_step._bb_wrapped = True  # type: ignore[attr-defined]
+    return training_step
+
+
+class CostRegularizerMixin:
+    """Mix into a ``LightningModule`` (before it: ``class Model(CostRegularizerMixin, LightningModule)``).
+
+    With a quantization callback (:class:`~bb_lightning.BayesianBits`) on the Trainer, adding the mixin is enough:
+
+    * the regulariser ``strength * sum_k R_k`` is added to the loss your ``training_step`` returns (a tensor or a
+      dict with ``"loss"``) and logged as ``bb/penalty``;
+    * ``LightningModule.load_from_checkpoint`` re-creates the quantized layers before the weights load.
+
+    Set the class attribute ``auto_quantization_penalty = False`` to place the penalty yourself:
+    ``loss = task_loss + self.quantization_penalty()`` (required with manual optimization). If the penalty never
+    reaches the loss, the callback stops training at the first step with an error.
+    """
+
+    #: Add :meth:`quantization_penalty` to the loss returned by ``training_step`` automatically.
+    auto_quantization_penalty: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        step = cls.__dict__.get("training_step")
+        if step is not None and not getattr(step, "_bb_wrapped", False):
+            cls.training_step = _wrap_training_step(step)  # type: ignore[attr-defined]
+
+    def quantization_penalty(self) -> Tensor:
+        """``strength * sum_k R_k`` over every quantizer (0-dim tensor); 0 when the model is not quantized."""
+        state = get_state(self)  # type: ignore[arg-type]
+        if state is None:
+            return torch.zeros(())
+        return state.penalty()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        data = checkpoint.get(CHECKPOINT_KEY)
+        if data is not None and get_state(self) is None:  # type: ignore[arg-type]
+            set_state(self, QuantizationState.rebuild(self, data))  # type: ignore[arg-type]
+        parent = getattr(super(), "on_load_checkpoint", None)
+        if parent is not None:
+            parent(checkpoint)

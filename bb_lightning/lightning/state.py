@@ -1,0 +1,127 @@
+"""What a wrapped LightningModule carries: the plan, the wrapped layers, the regulariser; (de)serialisable.
+
+The state hangs off the LightningModule as a plain attribute (``_bb_state``, not a submodule), so it adds nothing to
+the state dict. Its plain-data form goes into checkpoints under ``checkpoint["bb_lightning"]`` so that
+``LightningModule.load_from_checkpoint`` can re-wrap the model before the weights load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import Tensor, nn
+
+from .._registry import get_method
+from ..config import CostConfig, WrapConfig
+from ..cost.regularizer import CostRegularizer
+from ..export import MixedPrecisionConfig, build_config
+from ..methods.base import QuantizerBase
+from ..wrap.swap import LayerRecord, apply_plan
+
+STATE_ATTR = "_bb_state"
+CHECKPOINT_KEY = "bb_lightning"
+
+
+def _init_fields(obj: Any) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(obj):
+        if not f.init:
+            continue
+        v = getattr(obj, f.name)
+        out[f.name] = v.value if hasattr(v, "value") else (list(v) if isinstance(v, tuple) else v)
+    return out
+
+
+class QuantizationState:
+    """The wrapped layers of one model and everything derived from them."""
+
+    def __init__(
+        self,
+        method: str,
+        method_config: Any,
+        wrap: WrapConfig,
+        cost: CostConfig,
+        records: list[LayerRecord],
+        modules: dict[str, nn.Module],
+        root_attr: str,
+        root: nn.Module,
+    ) -> None:
+        self.method, self.method_config, self.wrap, self.cost = method, method_config, wrap, cost
+        self.records, self.modules, self.root_attr = records, modules, root_attr
+        self.model_class = type(root).__name__
+        self.regularizer = CostRegularizer(records, modules, cost)
+        self.penalty_calls = 0
+        self.frozen = False
+
+    # ----- quantizers --------------------------------------------------------------------------------------
+    def quantizers(self) -> list[QuantizerBase]:
+        qs: list[QuantizerBase] = []
+        for m in self.modules.values():
+            qs.append(m.weight_quantizer)
+            if m.input_quantizer is not None:
+                qs.append(m.input_quantizer)
+        return qs
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        groups: dict[str, list[nn.Parameter]] = {}
+        for q in self.quantizers():
+            for name, params in q.parameter_groups().items():
+                groups.setdefault(name, []).extend(params)
+        return groups
+
+    def penalty(self) -> Tensor:
+        self.penalty_calls += 1
+        return self.regularizer()
+
+    def freeze(self) -> None:
+        for q in self.quantizers():
+            q.freeze()
+        self.frozen = True
+
+    def export(self) -> MixedPrecisionConfig:
+        return build_config(self.records, self.modules, self.method, self.wrap.input_bits, self.model_class)
+
+    # ----- persistence -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "method_config": _init_fields(self.method_config),
+            "wrap": _init_fields(self.wrap),
+            "cost": _init_fields(self.cost),
+            "records": [r.to_dict() for r in self.records],
+            "root_attr": self.root_attr,
+            "frozen": self.frozen,
+        }
+
+    @classmethod
+    def rebuild(cls, pl_module: nn.Module, data: dict[str, Any]) -> QuantizationState:
+        """Re-wrap ``pl_module``'s model exactly as recorded in ``data`` (no forward pass needed)."""
+        entry = get_method(data["method"])
+        method_config = entry.config(**data["method_config"])
+        wrap = WrapConfig(**data["wrap"])
+        cost = CostConfig(**data["cost"])
+        records = [LayerRecord.from_dict(r) for r in data["records"]]
+        root = resolve_root(pl_module, data["root_attr"])
+        modules = apply_plan(root, records, data["method"], method_config)
+        state = cls(data["method"], method_config, wrap, cost, records, modules, data["root_attr"], root)
+        if data.get("frozen"):
+            state.freeze()
+        return state
+
+
+def resolve_root(pl_module: nn.Module, attr: str) -> nn.Module:
+    if not attr:
+        return pl_module
+    root = pl_module
+    for part in attr.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def get_state(pl_module: nn.Module) -> QuantizationState | None:
+    return pl_module.__dict__.get(STATE_ATTR)
+
+
+def set_state(pl_module: nn.Module, state: QuantizationState) -> None:
+    pl_module.__dict__[STATE_ATTR] = state
