@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..._registry import register_method
 from ...core import hard_concrete as hc
+from ...core.host_path import HostSingleLevel, channel_gates, host_sample
 from ...core.fake_quant import nested_quantize
 from ..base import QuantizerBase, Role
 from .config import BayesianBitsConfig
@@ -126,8 +127,20 @@ class BayesianBitsQuantizer(QuantizerBase):
     def _stochastic_forward(self, x: Tensor) -> Tensor:
         k = self.num_gates
         noise = torch.rand(k, device=x.device)
-        if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        on_host = x.device.type == "cpu" and not torch.compiler.is_compiling()
+        if on_host:
             levels, weights = self._host_levels(noise)
+            if weights is None and self.bits[levels[0]] < 32 and x.is_contiguous():
+                # one active level and no gate gradient: the single-node CPU fast path
+                z = idx = dz = None
+                if self.prune_log_alpha is not None:
+                    z, idx, dz = channel_gates(self.prune_log_alpha.detach(), torch.rand_like(self.prune_log_alpha))
+                return HostSingleLevel.apply(
+                    x, self.x_max, self.prune_log_alpha, z, idx, dz, self.bits[levels[0]], self._signed,
+                    self._workspace,
+                )
+            if weights is None:
+                weights = x.new_ones(1)
         else:  # accelerators: no host reads; only levels cut off at the last refresh are skipped
             z = hc.sample(self.log_alpha, noise) * self._alive() * self._host_mask(x.device)
             g = torch.cat([z.new_ones(1), torch.cumprod(z, 0)])
@@ -136,26 +149,29 @@ class BayesianBitsQuantizer(QuantizerBase):
         cg = grad_channels = None
         if self.prune_log_alpha is not None:
             zc = hc.sample(self.prune_log_alpha)
-            if x.device.type == "cpu":
+            if on_host:
                 # only channels with a gate strictly inside (0, 1) can receive a gradient
                 grad_channels = torch.nonzero((zc > 0) & (zc < 1)).view(-1)
             cg = self._channel_view(zc, x.dim())
         bits = [self.bits[i] for i in levels]
         return nested_quantize(x, self.x_max, weights, bits, self._signed, cg, self._workspace, grad_channels)
 
-    def _host_levels(self, noise: Tensor) -> tuple[list[int], Tensor]:
-        """CPU path: sample the doubling gates, decide on the host which levels must be computed.
+    def _host_levels(self, noise: Tensor) -> tuple[list[int], Tensor | None]:
+        """CPU path: sample the doubling gates on the host and decide which levels must be computed.
 
         The convex weight of level ``l`` is ``w_l = g_l - g_{l+1}`` (``g`` = cumulative gate products). Computed are
         the levels with ``w_l != 0`` and, for every gate strictly inside ``(0, 1)`` (the only ones with a gradient),
-        the level below it. When every reached gate is exactly 0 or 1 a single level has weight 1 and no gate graph
-        is built at all.
+        the level below it. When every reached gate is exactly 0 or 1, one level has weight 1, no gate graph is
+        built and ``(levels, None)`` is returned; otherwise the differentiable level weights from the same noise.
         """
         k = self.num_gates
-        with torch.no_grad():
-            alive = self._alive()
-            z = hc.sample(self.log_alpha.detach(), noise) * alive
-        zl = z.tolist()
+        la = self.log_alpha.detach().tolist()
+        alive = k
+        for j, v in enumerate(la):
+            if v <= self.config.gate_cutoff:
+                alive = j
+                break
+        zl = host_sample(la[:alive], noise.tolist()[:alive]) + [0.0] * (k - alive)
         g = [1.0]
         for j in range(k):
             g.append(g[-1] * zl[j])
@@ -164,9 +180,9 @@ class BayesianBitsQuantizer(QuantizerBase):
         fractional = {j for j in range(k) if 0.0 < zl[j] < 1.0 and g[j] != 0.0}
         if not fractional:
             (level,) = keep
-            return [level], noise.new_ones(1)
+            return [level], None
         levels = sorted(keep | fractional)
-        z = hc.sample(self.log_alpha, noise) * alive  # same noise, now with a graph
+        z = hc.sample(self.log_alpha, noise) * self._alive()  # same noise, now with a graph
         gt = torch.cat([z.new_ones(1), torch.cumprod(z, 0)])
         w = gt - torch.cat([gt[1:], z.new_zeros(1)])
         return levels, (w if len(levels) == k + 1 else w[levels])
@@ -182,6 +198,32 @@ class BayesianBitsQuantizer(QuantizerBase):
         if self.prune_log_alpha is not None:
             return hc.prob_nonzero(self.prune_log_alpha).mean() * (cost_scale * self.bits[0] + doubling)
         return 1.0 + doubling
+
+    @staticmethod
+    def batched_penalty(quantizers: list[BayesianBitsQuantizer], scales: list[float]) -> Tensor:
+        """``sum_k penalty_k(scale_k)`` for many quantizers with one bit chain, in a handful of tensor ops.
+
+        Same value and gradients as summing :meth:`penalty`; frozen quantizers contribute 0.
+        """
+        active = [(q, c) for q, c in zip(quantizers, scales) if not q.frozen]
+        if not active:
+            return quantizers[0].log_alpha.new_zeros(())
+        qs, cs = zip(*active)
+        bits = qs[0]._bits_f
+        scale = torch.tensor(cs, dtype=torch.float32, device=bits.device)
+        cum = torch.cumprod(hc.prob_nonzero(torch.stack([q.log_alpha for q in qs])), 1)  # [Q, K]
+        doubling = scale * (cum @ bits[1:])  # [Q]
+        pruned = [i for i, q in enumerate(qs) if q.prune_log_alpha is not None]
+        plain = [i for i, q in enumerate(qs) if q.prune_log_alpha is None]
+        total = doubling[plain].sum() + float(len(plain)) if plain else doubling.new_zeros(())
+        if pruned:
+            p = [qs[i].prune_log_alpha for i in pruned]
+            sizes = torch.tensor([t.numel() for t in p], device=bits.device)
+            seg = torch.repeat_interleave(torch.arange(len(p), device=bits.device), sizes)
+            mean = torch.zeros(len(p), device=bits.device).index_add(0, seg, hc.prob_nonzero(torch.cat(p))) / sizes
+            idx = torch.tensor(pruned, device=bits.device)
+            total = total + torch.dot(mean, scale[idx] * bits[0] + doubling[idx])
+        return total
 
     def hard_bits(self) -> int:
         n_on, mask = self._deterministic_state()
