@@ -1,7 +1,7 @@
 """bb_lightning: learned mixed-precision quantization and pruning for timm models in PyTorch Lightning.
 
-Public API (stable): :class:`BayesianBits` (callback), :class:`CostRegularizerMixin` (LightningModule mixin),
-:class:`MixedPrecisionConfig` (the exported result) and :func:`apply_config` (float model -> fixed mixed precision).
+Public API (stable): `BayesianBits` (callback), `CostRegularizerMixin` (LightningModule mixin),
+`MixedPrecisionConfig` (the exported result) and `apply_config` (float model -> fixed mixed precision).
 """
 
 from . import methods as _methods  # noqa: F401  (registers the built-in methods)

@@ -20,7 +20,7 @@ _METHODS: dict[str, MethodEntry] = {}
 
 
 def register_method(name: str, config: type) -> Any:
-    """Class decorator registering a :class:`~bb_lightning.methods.base.QuantizerBase` subclass under ``name``."""
+    """Class decorator registering a `bb_lightning.methods.base.QuantizerBase` subclass under ``name``."""
 
     def deco(cls: type) -> type:
         if name in _METHODS and _METHODS[name].quantizer is not cls:
@@ -33,7 +33,7 @@ def register_method(name: str, config: type) -> Any:
 
 
 def get_method(name: str) -> MethodEntry:
-    """The registry entry for ``name``; raises :class:`BBConfigError` listing the known methods."""
+    """The registry entry for ``name``; raises `BBConfigError` listing the known methods."""
     try:
         return _METHODS[name]
     except KeyError:

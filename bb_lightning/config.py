@@ -1,4 +1,4 @@
-"""Shared, method-agnostic settings: which layers to wrap (:class:`WrapConfig`) and the cost (:class:`CostConfig`)."""
+"""Shared, method-agnostic settings: which layers to wrap (`WrapConfig`) and the cost (`CostConfig`)."""
 
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ class WrapConfig:
     Args:
         include: ``fnmatch`` patterns of module names (relative to the model) to wrap; ``None`` = every candidate.
         exclude: patterns of module names to leave alone.
-        first_layer: policy for the first layer that runs (see :class:`FirstLayer`).
-        last_layer: policy for the last layer that runs, usually the classifier (see :class:`LastLayer`).
+        first_layer: policy for the first layer that runs (see `FirstLayer`).
+        last_layer: policy for the last layer that runs, usually the classifier (see `LastLayer`).
         quantize_activations: attach input quantizers (otherwise weights only; inputs counted at 32 bits).
         input_bits: bit width assumed for the unquantized network input in BOPs (spec 4.1: 8).
     """

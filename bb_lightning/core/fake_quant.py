@@ -11,9 +11,9 @@ Conventions (Bayesian Bits spec, sections 1.1-1.8):
 * Gradients are straight-through for rounding: ``d out / d x`` is 1 inside the clip range and 0 outside;
   ``d Q_b / d u = (Q_b - x_c) / u + d x_c / d u`` (LSQ-like rounding term plus the PACT clip term).
 
-:func:`nested_quantize` evaluates a convex combination ``sum_l w_l Q_{b_l}(x_c)`` of several levels at once, which
+`nested_quantize` evaluates a convex combination ``sum_l w_l Q_{b_l}(x_c)`` of several levels at once, which
 is exactly the Bayesian Bits nested residual sum once ``w`` is written in terms of the cumulative gate products
-(see :mod:`bb_lightning.methods.bayesian_bits.quantizer`). All maths is float32.
+(see `bb_lightning.methods.bayesian_bits.quantizer`). All maths is float32.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def nested_quantize(
         levels: bit widths of the computed levels, ascending.
         signed: symmetric ``[-u, u]`` grid if true, else ``[0, u]``.
         channel_gate: optional per-channel multiplier broadcastable to ``x`` (e.g. ``[C, 1, 1, 1]``).
-        workspace: optional dict of reusable buffers (CPU weight quantizers pass one; see :func:`workspace_buffer`).
+        workspace: optional dict of reusable buffers (CPU weight quantizers pass one; see `workspace_buffer`).
         grad_channels: optional ``[n]`` indices of the only channels whose ``channel_gate`` gradient is needed.
 
     Returns:

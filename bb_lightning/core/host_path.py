@@ -18,7 +18,7 @@ from .fake_quant import CLIP_SHRINK, MIN_RANGE, num_steps, workspace_buffer
 
 
 def host_sample(log_alpha: list[float], noise: list[float]) -> list[float]:
-    """Hard-concrete samples in Python floats (same formula as :func:`hard_concrete.sample`)."""
+    """Hard-concrete samples in Python floats (same formula as `hard_concrete.sample`)."""
     out = []
     for la, u in zip(log_alpha, noise):
         u = min(max(u, 1e-6), 1.0 - 1e-6)
@@ -42,7 +42,7 @@ class HostSingleLevel(torch.autograd.Function):
     """``out = z_c * s * round(clamp(x / s))`` for one ``bits < 32`` level; see the module docstring.
 
     Inputs: ``x``, ``x_max`` (0-dim), ``prune_log_alpha`` ([C] or None) and, with it, ``z`` ([C] samples), ``idx`` and
-    ``dz`` from :func:`channel_gates`. Gradients go to ``x``, ``x_max`` and ``prune_log_alpha`` (same formulas as
+    ``dz`` from `channel_gates`. Gradients go to ``x``, ``x_max`` and ``prune_log_alpha`` (same formulas as
     ``fake_quant._SingleLevelQuantize``).
     """
 

@@ -54,7 +54,7 @@ class LayerCost:
 
 
 def layer_costs(records: list[LayerRecord], modules: Mapping[str, nn.Module], input_bits: int) -> list[LayerCost]:
-    """One :class:`LayerCost` per planned layer, in network order, from the quantizers' ``hard_bits``/``keep_mask``."""
+    """One `LayerCost` per planned layer, in network order, from the quantizers' ``hard_bits``/``keep_mask``."""
     out = []
     for rec in records:
         channels = rec.weight_shape[0]

@@ -1,4 +1,4 @@
-"""The exported result of a search (:class:`MixedPrecisionConfig`) and turning it into a fixed model."""
+"""The exported result of a search (`MixedPrecisionConfig`) and turning it into a fixed model."""
 
 from .apply import apply_config, check_model
 from .build import build_config

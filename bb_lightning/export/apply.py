@@ -12,7 +12,7 @@ from .config import MixedPrecisionConfig
 
 
 def check_model(model: nn.Module, config: MixedPrecisionConfig) -> None:
-    """Raise :class:`BBConfigError` listing every layer of ``config`` that ``model`` lacks or shapes differently."""
+    """Raise `BBConfigError` listing every layer of ``config`` that ``model`` lacks or shapes differently."""
     modules = dict(model.named_modules())
     problems = []
     for name, layer in config.layers.items():

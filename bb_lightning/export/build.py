@@ -1,4 +1,4 @@
-"""Build a :class:`MixedPrecisionConfig` from a wrapped model (deterministic bit widths, ranges, masks)."""
+"""Build a `MixedPrecisionConfig` from a wrapped model (deterministic bit widths, ranges, masks)."""
 
 from __future__ import annotations
 

@@ -17,9 +17,9 @@ class BayesianBits(QuantizationCallback):
     attribute, or ``model_attr``; timm's ``Conv2dSame``/``StdConv2d``/``ScaledStdConv2d`` included) becomes a gated
     quantized layer, with every gate and range parameter created eagerly, before the optimizers, checkpoint restore
     and DDP. Gate and range parameters get their own optimizer groups (own LR, no weight decay). Add
-    :class:`~bb_lightning.CostRegularizerMixin` to the LightningModule so the regulariser reaches the loss.
+    `bb_lightning.CostRegularizerMixin` to the LightningModule so the regulariser reaches the loss.
     Validation always uses the deterministic gates; at the end of ``fit`` the gates are fixed, a per-layer summary is
-    printed and logged, and the :class:`~bb_lightning.MixedPrecisionConfig` is written (``callback.config``).
+    printed and logged, and the `bb_lightning.MixedPrecisionConfig` is written (``callback.config``).
 
     Args:
         regularizer: ``"bops"`` (cost weight ``MACs / max MACs``) or ``"memory"`` (``params / max params``, weights).

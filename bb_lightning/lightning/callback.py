@@ -1,6 +1,6 @@
 """``QuantizationCallback``: method-agnostic Lightning glue (wrap in ``setup``, optimizer groups, logging, export).
 
-A method's public callback (e.g. :class:`~bb_lightning.BayesianBits`) only builds its method config and calls this
+A method's public callback (e.g. `bb_lightning.BayesianBits`) only builds its method config and calls this
 class's constructor.
 """
 
@@ -54,7 +54,7 @@ def _unique_path(path: Path) -> Path:
 
 
 class QuantizationCallback(pl.Callback):
-    """Wraps the LightningModule's model with quantizers of ``method`` in ``setup``; see :class:`BayesianBits`."""
+    """Wraps the LightningModule's model with quantizers of ``method`` in ``setup``; see `BayesianBits`."""
 
     def __init__(
         self,
@@ -89,7 +89,7 @@ class QuantizationCallback(pl.Callback):
                     f"Expected argument `input_size` to be per-sample sizes like (3, 224, 224), but got {input_size!r}."
                 )
         self.input_size = None if input_size is None else tuple(input_size)
-        #: The exported :class:`MixedPrecisionConfig` once ``fit`` has ended.
+        #: The exported `MixedPrecisionConfig` once ``fit`` has ended.
         self.config: MixedPrecisionConfig | None = None
         #: Where the config was written.
         self.config_path: Path | None = None

@@ -1,4 +1,4 @@
-"""The ``bb-lightning`` console script: LightningCLI over :class:`TimmClassifier` and any LightningDataModule.
+"""The ``bb-lightning`` console script: LightningCLI over `TimmClassifier` and any LightningDataModule.
 
 ``bb-lightning fit --config recipes/digits_bayesian_bits.yaml`` trains, fixes the gates, writes the exported config,
 then tests the fixed model and prints the test accuracy, the relative BOPs and the config's path.

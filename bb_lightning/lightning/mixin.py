@@ -54,7 +54,7 @@ def _wrap_training_step(fn: Any) -> Any:
 class CostRegularizerMixin:
     """Mix into a ``LightningModule`` (before it: ``class Model(CostRegularizerMixin, LightningModule)``).
 
-    With a quantization callback (:class:`~bb_lightning.BayesianBits`) on the Trainer, adding the mixin is enough:
+    With a quantization callback (`bb_lightning.BayesianBits`) on the Trainer, adding the mixin is enough:
 
     * the regulariser ``strength * sum_k R_k`` is added to the loss your ``training_step`` returns (a tensor or a
       dict with ``"loss"``) and logged as ``bb/penalty``;
@@ -65,7 +65,7 @@ class CostRegularizerMixin:
     reaches the loss, the callback stops training at the first step with an error.
     """
 
-    #: Add :meth:`quantization_penalty` to the loss returned by ``training_step`` automatically.
+    #: Add `quantization_penalty` to the loss returned by ``training_step`` automatically.
     auto_quantization_penalty: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -1,7 +1,7 @@
 """How to quantize each supported layer type: its *effective* weight and its op with a given weight.
 
 The table is keyed by exact type. A conv/linear subclass that overrides ``forward`` and is not in the table is
-rejected by :func:`get_adapter` with :class:`~bb_lightning.errors.UnsupportedLayerError`; a subclass that does not
+rejected by `get_adapter` with `bb_lightning.errors.UnsupportedLayerError`; a subclass that does not
 override ``forward`` uses the adapter of the nearest supported base class.
 """
 
@@ -18,8 +18,14 @@ from ..errors import UnsupportedLayerError
 
 @dataclass(frozen=True)
 class LayerAdapter:
-    """``weight(module) -> Tensor`` gives the weight the layer really uses (e.g. standardised for ``StdConv2d``);
-    ``run(module, x, weight) -> Tensor`` is the layer's forward with that weight."""
+    """How to quantize one layer type.
+
+    Attributes:
+        weight: ``weight(module) -> Tensor``, the weight the layer really uses (e.g. standardised for ``StdConv2d``);
+            it is what gets quantized and what initialises the weight range.
+        run: ``run(module, x, weight) -> Tensor``, the layer's forward with that (quantized) weight, including bias,
+            padding, stride and groups.
+    """
 
     weight: Callable[[nn.Module], Tensor]
     run: Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -45,7 +51,24 @@ LAYER_ADAPTERS: dict[type, LayerAdapter] = {
 
 
 def register_layer_adapter(cls: type, adapter: LayerAdapter) -> None:
-    """Support ``cls`` (matched by exact type) with ``adapter``."""
+    """Support the layer class ``cls`` (matched by exact type) with ``adapter``; call it before ``trainer.fit``.
+
+    A selected layer's adapter is looked up along its class's MRO; a class that overrides ``forward`` before an
+    adapter is found raises ``UnsupportedLayerError``. Built in: ``nn.Conv1d``, ``nn.Conv2d``, ``nn.Linear`` and
+    timm's ``Conv2dSame``, ``StdConv2d``, ``StdConv2dSame``, ``ScaledStdConv2d``, ``ScaledStdConv2dSame``, ``Linear``.
+
+    Args:
+        cls: an ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Linear`` subclass.
+        adapter: how to get its effective weight and how to run it with a quantized weight.
+
+    Example:
+        ```python
+        register_layer_adapter(GainConv2d, LayerAdapter(
+            weight=lambda m: m.weight * m.gain,  # the weight the layer really uses is what gets quantized
+            run=lambda m, x, w: F.conv2d(x, w, m.bias, m.stride, m.padding, m.dilation, m.groups),
+        ))
+        ```
+    """
     LAYER_ADAPTERS[cls] = adapter
 
 
@@ -97,7 +120,7 @@ def is_candidate(module: nn.Module) -> bool:
 
 
 def get_adapter(module: nn.Module, name: str = "") -> LayerAdapter:
-    """The adapter for ``module``; raises :class:`UnsupportedLayerError` naming the layer if there is none."""
+    """The adapter for ``module``; raises `UnsupportedLayerError` naming the layer if there is none."""
     cls = type(module)
     for klass in cls.__mro__:
         if klass in LAYER_ADAPTERS:

@@ -75,7 +75,7 @@ def wrap_layer(module: nn.Module, weight_quantizer: QuantizerBase, input_quantiz
 
 
 def unwrap_layer(module: nn.Module) -> None:
-    """Undo :func:`wrap_layer`: drop the quantizers, restore the original class."""
+    """Undo `wrap_layer`: drop the quantizers, restore the original class."""
     if not isinstance(module, QuantizedLayer):
         return
     del module.weight_quantizer

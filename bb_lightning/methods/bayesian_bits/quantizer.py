@@ -35,7 +35,7 @@ class BayesianBitsQuantizer(QuantizerBase):
         num_channels: output channels ``C`` of the weight (``weight.shape[0]``); needed for pruning gates.
         prune: override ``config.prune`` for this tensor (e.g. ``False`` for the classifier); inputs never prune.
 
-    Parameters:
+    Attributes:
         log_alpha: ``[len(bits) - 1]`` doubling-gate locations, ``z_4 .. z_top``.
         prune_log_alpha: ``[C]`` pruning-gate locations ``z_2``, or ``None``.
         x_max: 0-dim range ``u``.
@@ -203,7 +203,7 @@ class BayesianBitsQuantizer(QuantizerBase):
     def batched_penalty(quantizers: list[BayesianBitsQuantizer], scales: list[float]) -> Tensor:
         """``sum_k penalty_k(scale_k)`` for many quantizers with one bit chain, in a handful of tensor ops.
 
-        Same value and gradients as summing :meth:`penalty`; frozen quantizers contribute 0.
+        Same value and gradients as summing `penalty`; frozen quantizers contribute 0.
         """
         active = [(q, c) for q, c in zip(quantizers, scales) if not q.frozen]
         if not active:

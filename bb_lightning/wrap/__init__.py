@@ -1,0 +1,1 @@
+"""Shared layer wrapping: exact-type adapters, in-place quantized layers, planning and applying a wrap."""
