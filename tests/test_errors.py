@@ -171,3 +171,13 @@ def test_apply_config_to_mismatching_model_names_every_problem():
     other = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten())
     with pytest.raises(BBConfigError, match=r"2 problem.*`0`: weight shape \[8, 1, 3, 3\].*`3`: no such module"):
         apply_config(other, cfg)
+
+
+def test_config_load_checks_model(tmp_path):
+    cfg = _config()
+    path = cfg.save(tmp_path / "cfg.json")
+    good = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    assert MixedPrecisionConfig.load(path, model=good).layers.keys() == cfg.layers.keys()
+    bad = nn.Sequential(nn.Conv2d(1, 4, 5), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    with pytest.raises(BBConfigError, match=r"cfg.json.*`0`: weight shape \[4, 1, 5, 5\]"):
+        MixedPrecisionConfig.load(path, model=bad)

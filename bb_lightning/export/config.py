@@ -170,8 +170,14 @@ class MixedPrecisionConfig:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> MixedPrecisionConfig:
-        """Read and validate a saved config; errors name the file and the key at fault."""
+    def load(cls, path: str | os.PathLike, model: Any = None) -> MixedPrecisionConfig:
+        """Read and validate a saved config; errors name the file and the key at fault.
+
+        Args:
+            path: a JSON file written by :meth:`save`.
+            model: optionally, the float model the config will be applied to; every layer name and weight shape
+                is checked against it and all mismatches are reported at once.
+        """
         path = Path(path)
         try:
             text = path.read_text()
@@ -181,7 +187,15 @@ class MixedPrecisionConfig:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise BBConfigError(f"Invalid MixedPrecisionConfig in {path}: not JSON ({err}).") from None
-        return cls.from_dict(data, source=str(path))
+        config = cls.from_dict(data, source=str(path))
+        if model is not None:
+            from .apply import check_model
+
+            try:
+                check_model(model, config)
+            except BBConfigError as err:
+                raise BBConfigError(f"{path}: {err}") from None
+        return config
 
     # ----- for humans ---------------------------------------------------------------------------------------
     def table(self) -> str:

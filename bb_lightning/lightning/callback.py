@@ -244,9 +244,19 @@ class QuantizationCallback(pl.Callback):
         self.config_path = self.config.save(path)
         print(f"\nbb_lightning: learned mixed-precision configuration ({self.method})\n{self.config.table()}")
         print(f"bb_lightning: exported to {self.config_path}")
-        totals = {f"bb_final/{k}": float(v) for k, v in self.config.totals.items()}
+        metrics = {f"bb_final/{k}": float(v) for k, v in self.config.totals.items()}
+        total_bops = sum(float(layer["bops"]) for layer in self.config.layers.values()) or 1.0
+        for name, layer in self.config.layers.items():
+            channels = layer["weight_shape"][0]
+            kept = channels if layer["kept_channels"] is None else len(layer["kept_channels"])
+            w = layer["weight"]["bits"] if layer["quantized"] else 32
+            a = layer["input"]["bits"] if layer["input"] is not None else (self.wrap.input_bits if w else 32)
+            metrics[f"bb_layers/{name}/weight_bits"] = float(w)
+            metrics[f"bb_layers/{name}/input_bits"] = float(a)
+            metrics[f"bb_layers/{name}/kept_channels"] = float(kept)
+            metrics[f"bb_layers/{name}/bops_share"] = float(layer["bops"]) / total_bops
         for logger in trainer.loggers:
-            logger.log_metrics(totals, step=trainer.global_step)
+            logger.log_metrics(metrics, step=trainer.global_step)
 
     # ----- persistence -------------------------------------------------------------------------------------
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:

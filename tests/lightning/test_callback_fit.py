@@ -55,6 +55,18 @@ def test_fit_exports_config_and_groups(tmp_path):
     assert 0 < loaded.totals["relative_bops"] <= 1
     # the penalty was logged and the gates are fixed after fit
     assert "bb/penalty_epoch" in t.logged_metrics
+    # the final summary reached the logger: totals and per-layer bits / kept channels / BOPs share
+    import csv
+
+    t.loggers[0].save()
+    rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
+    final = [r for r in rows if r.get("bb_final/relative_bops")]
+    assert len(final) == 1
+    assert float(final[0]["bb_final/relative_bops"]) == pytest.approx(loaded.totals["relative_bops"])
+    first = next(iter(loaded.layers))
+    assert float(final[0][f"bb_layers/{first}/weight_bits"]) == loaded.layers[first]["weight"]["bits"]
+    shares = [float(v) for k, v in final[0].items() if k.endswith("/bops_share")]
+    assert len(shares) == len(loaded.layers) and sum(shares) == pytest.approx(1.0)
     assert state.frozen and all(q.frozen for q in state.quantizers())
 
 
