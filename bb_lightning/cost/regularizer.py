@@ -28,6 +28,7 @@ class CostRegularizer:
         max_macs = max((r.macs for r in records), default=1) or 1
         max_params = max((r.params for r in records), default=1) or 1
         self.terms: list[tuple[nn.Module, float]] = []
+        self._caches: dict[tuple, dict] = {}
         for rec in records:
             m = modules.get(rec.name)
             if not rec.wrapped or m is None:
@@ -56,7 +57,9 @@ class CostRegularizer:
                 cs.append(scale)
             else:
                 loose.append(q.penalty(scale))
-        parts = [type(qs[0]).batched_penalty(qs, cs) for qs, cs in groups.values()] + loose
+        parts = [
+            type(qs[0]).batched_penalty(qs, cs, self._caches.setdefault(key, {})) for key, (qs, cs) in groups.items()
+        ] + loose
         return torch.stack(parts).sum()
 
     def __call__(self) -> Tensor:

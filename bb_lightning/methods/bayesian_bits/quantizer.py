@@ -200,28 +200,45 @@ class BayesianBitsQuantizer(QuantizerBase):
         return 1.0 + doubling
 
     @staticmethod
-    def batched_penalty(quantizers: list[BayesianBitsQuantizer], scales: list[float]) -> Tensor:
+    def batched_penalty(
+        quantizers: list[BayesianBitsQuantizer], scales: list[float], cache: dict | None = None
+    ) -> Tensor:
         """``sum_k penalty_k(scale_k)`` for many quantizers with one bit chain, in a handful of tensor ops.
 
-        Same value and gradients as summing `penalty`; frozen quantizers contribute 0.
+        Same value and gradients as summing `penalty`; frozen quantizers contribute 0. ``cache`` (owned by the
+        caller) keeps the constant index tensors on the device between calls.
         """
-        active = [(q, c) for q, c in zip(quantizers, scales) if not q.frozen]
+        active = [i for i, q in enumerate(quantizers) if not q.frozen]
         if not active:
             return quantizers[0].log_alpha.new_zeros(())
-        qs, cs = zip(*active)
-        bits = qs[0]._bits_f
-        scale = torch.tensor(cs, dtype=torch.float32, device=bits.device)
+        bits = quantizers[0]._bits_f
+        key = (tuple(active), bits.device)
+        const = None if cache is None else cache.get(key)
+        if const is None:
+            qs = [quantizers[i] for i in active]
+            pruned = [i for i, q in enumerate(qs) if q.prune_log_alpha is not None]
+            sizes = [qs[i].prune_log_alpha.numel() for i in pruned]
+            dev = bits.device
+            const = {
+                "scale": torch.tensor([scales[i] for i in active], dtype=torch.float32, device=dev),
+                "plain": torch.tensor([i for i, q in enumerate(qs) if q.prune_log_alpha is None], device=dev),
+                "pruned": torch.tensor(pruned, dtype=torch.long, device=dev),
+                "sizes": torch.tensor(sizes, dtype=torch.float32, device=dev),
+                "seg": torch.repeat_interleave(torch.arange(len(sizes), device=dev), torch.tensor(sizes, device=dev)),
+            }
+            if cache is not None:
+                cache.clear()
+                cache[key] = const
+        qs = [quantizers[i] for i in active]
+        scale = const["scale"]
         cum = torch.cumprod(hc.prob_nonzero(torch.stack([q.log_alpha for q in qs])), 1)  # [Q, K]
         doubling = scale * (cum @ bits[1:])  # [Q]
-        pruned = [i for i, q in enumerate(qs) if q.prune_log_alpha is not None]
-        plain = [i for i, q in enumerate(qs) if q.prune_log_alpha is None]
-        total = doubling[plain].sum() + float(len(plain)) if plain else doubling.new_zeros(())
-        if pruned:
-            p = [qs[i].prune_log_alpha for i in pruned]
-            sizes = torch.tensor([t.numel() for t in p], device=bits.device)
-            seg = torch.repeat_interleave(torch.arange(len(p), device=bits.device), sizes)
-            mean = torch.zeros(len(p), device=bits.device).index_add(0, seg, hc.prob_nonzero(torch.cat(p))) / sizes
-            idx = torch.tensor(pruned, device=bits.device)
+        total = doubling[const["plain"]].sum() + float(const["plain"].numel())
+        if const["pruned"].numel():
+            p = torch.cat([q.prune_log_alpha for q in qs if q.prune_log_alpha is not None])
+            pi = hc.prob_nonzero(p)
+            mean = pi.new_zeros(const["sizes"].numel()).index_add(0, const["seg"], pi) / const["sizes"]
+            idx = const["pruned"]
             total = total + torch.dot(mean, scale[idx] * bits[0] + doubling[idx])
         return total
 
