@@ -27,20 +27,19 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-timm = pytest.importorskip("timm")
-
-import bb_lightning  # noqa: E402,F401  (registers the methods)
-from bb_lightning.config import CostConfig, WrapConfig  # noqa: E402
-from bb_lightning.cost.regularizer import CostRegularizer  # noqa: E402
-from bb_lightning.export import MixedPrecisionConfig, apply_config, build_config  # noqa: E402
-from bb_lightning.methods.bayesian_bits import BayesianBitsConfig  # noqa: E402
-from bb_lightning.methods.fixed import FixedQuantizer  # noqa: E402
-from bb_lightning.wrap.layers import QuantizedLayer  # noqa: E402
-from bb_lightning.wrap.swap import apply_plan, plan_layers  # noqa: E402
+import bb_lightning  # noqa: F401  (registers the methods)
+from bb_lightning.config import CostConfig, WrapConfig
+from bb_lightning.cost.regularizer import CostRegularizer
+from bb_lightning.export import MixedPrecisionConfig, apply_config, build_config
+from bb_lightning.methods.bayesian_bits import BayesianBitsConfig
+from bb_lightning.methods.fixed import FixedQuantizer
+from bb_lightning.wrap.layers import QuantizedLayer
+from bb_lightning.wrap.swap import apply_plan, plan_layers
 
 pytestmark = pytest.mark.timm_models
 
@@ -236,11 +235,15 @@ def _calibrate_input_ranges(model: nn.Module, arch: Arch) -> None:
     model.eval()
     for m in model.modules():
         if isinstance(m, QuantizedLayer) and m.input_quantizer is not None:
-            assert m.input_quantizer._initialized
+            assert bool(m.input_quantizer.initialized)
 
 
 def _randomise_gates(modules: dict[str, nn.Module], seed: int = 7) -> None:
-    """Different bit widths per layer and some pruned channels, reproducibly."""
+    """Different bit widths per layer and some pruned channels, reproducibly.
+
+    ``log_alpha ~ U(-3, 3)`` spreads the doubling gates around the evaluation threshold (-0.94) and the cut-off (-2);
+    ``prune_log_alpha ~ U(-2, 6)`` prunes about 13% of the output channels.
+    """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in modules.values():
@@ -275,6 +278,7 @@ def _gated_setup(arch: Arch):
 # ----------------------------------------------------------------------------------------------------------------
 # 0. the zoo covers what it claims
 # ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.timeout(TIMEOUT)
 def test_zoo_is_diverse():
     assert len(ARCHS) >= 12
     assert len({a.id for a in ARCHS}) == len(ARCHS)
@@ -306,6 +310,7 @@ def test_every_executed_layer_is_wrapped(arch: Arch):
     assert [r.name for r in records] == executed
     assert {r.name: r.macs for r in records} == macs
     assert all(r.wrapped for r in records)
+    assert all(r.type == types_before[r.name].__name__ for r in records)
     assert [r.name for r in records if r.is_first] == executed[:1]
     assert [r.name for r in records if r.is_last] == executed[-1:]
 
@@ -384,7 +389,7 @@ def test_float_gates_reproduce_float_model(arch: Arch):
         ref_layer = dict(reference.named_modules())[name]
         with torch.no_grad():
             w_eff = m.quantized_weight()
-            if isinstance(ref_layer, nn.Conv2d) and not type(ref_layer) is nn.Conv2d:
+            if isinstance(ref_layer, nn.Conv2d) and type(ref_layer) is not nn.Conv2d:
                 # special conv: compare through its own forward on a probe input
                 probe = torch.randn(1, ref_layer.in_channels, 9, 9, generator=torch.Generator().manual_seed(5))
                 out_ref = ref_layer(probe)
@@ -423,7 +428,7 @@ def test_train_step_gradients(arch: Arch):
         if m.input_quantizer is not None:
             quantizers.append(("input_quantizer", m.input_quantizer))
         for qname, q in quantizers:
-            assert q._initialized, f"{name}.{qname} was never initialised"
+            assert bool(q.initialized), f"{name}.{qname} was never initialised"
             params = [("log_alpha", q.log_alpha), ("x_max", q.x_max)]
             if q.prune_log_alpha is not None:
                 params.append(("prune_log_alpha", q.prune_log_alpha))
@@ -505,4 +510,4 @@ def test_config_roundtrip_and_relative_bops(arch: Arch, tmp_path):
         assert math.isclose(layer["bops"], w_bits * a_bits * rec.macs * kept / channels, rel_tol=1e-9), rec.name
         m = modules[rec.name]
         assert layer["weight"]["bits"] == m.weight_quantizer.hard_bits()
-        assert layer["weight"]["range"][1] == pytest.approx(float(m.weight_quantizer.x_max))
+        assert layer["weight"]["range"][1] == pytest.approx(float(m.weight_quantizer.x_max.detach()))
