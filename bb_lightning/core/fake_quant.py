@@ -89,9 +89,8 @@ class _NestedQuantize(torch.autograd.Function):
         grad_x = grad_u = grad_w = grad_c = None
         above = x > hi
         below = x < lo
-        outside = above | below if signed else above | below
-        if need_x:
-            grad_x = g.masked_fill(outside, 0.0)
+        if need_x:  # strict interior, like the reference's ReLU-built clamp: no gradient at a bound itself
+            grad_x = g.masked_fill((x >= hi) | (x <= lo), 0.0)
         xc = None
         if need_u or need_w:
             xc = torch.clamp(x, lo, hi) if signed else torch.clamp(x, min=0.0).minimum(hi)
@@ -108,33 +107,10 @@ class _NestedQuantize(torch.autograd.Function):
         return grad_x, grad_u, grad_w, grad_c, None, None
 
 
-def _storage_free(t: Tensor) -> bool:
-    """True if nothing but ``t`` itself (and the probe) references ``t``'s storage."""
-    return torch._C._storage_Use_Count(t.untyped_storage()._cdata) <= 2
-
-
-def workspace_buffer(ws: dict | None, name: str, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """An uninitialised tensor shaped like ``like``, reused from ``ws`` when no graph or caller still holds it.
-
-    On CPU, fresh large tensors cost page faults that dwarf the arithmetic; reuse is only safe when the storage use
-    count shows the previous step's tensor was released (autograd graphs and callers hold references).
-    """
-    dtype = dtype or like.dtype
-    if ws is None:
-        return torch.empty(like.shape, dtype=dtype, device=like.device)
-    buf = ws.get(name)
-    if buf is None or buf.shape != like.shape or buf.dtype != dtype or buf.device != like.device or not _storage_free(
-        buf
-    ):
-        buf = torch.empty(like.shape, dtype=dtype, device=like.device)
-        ws[name] = buf
-    return buf
-
-
 class _SingleLevelQuantize(torch.autograd.Function):
     """One ``b``-bit level (``b < 32``): the common case once every sampled gate is exactly 0 or 1.
 
-    Forward is 4 in-place passes over one buffer. With ``G`` the incoming gradient and ``out = gate * s * k``
+    Forward is 4 in-place passes over one fresh tensor. With ``G`` the incoming gradient and ``out = gate * s * k``
     (codes ``k = round(clamp(x/s))``), backward is::
 
         grad_x    = gate * G * [lo' < x < hi']
@@ -146,11 +122,11 @@ class _SingleLevelQuantize(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, x_max, channel_gate, bits, signed, ws, grad_channels):  # type: ignore[override]
+    def forward(ctx, x, x_max, channel_gate, bits, signed, grad_channels):  # type: ignore[override]
         u = x_max.clamp_min(MIN_RANGE)
         s = scale(u, bits, signed)
         top = float(num_steps(bits)) / (2.0 if signed else 1.0) * CLIP_SHRINK  # hi' / s
-        out = torch.div(x, s, out=workspace_buffer(ws, "out", x))
+        out = torch.div(x, s)
         out.clamp_(-top if signed else 0.0, top).round_()
         out.mul_(channel_gate * s if channel_gate is not None else s)
         ctx.signed, ctx.grad_channels = signed, grad_channels
@@ -187,7 +163,7 @@ class _SingleLevelQuantize(torch.autograd.Function):
                     rows = (grad_out[idx] * out[idx]).reshape(idx.numel(), -1).sum(1)
                     grad_c[idx] = rows / gate.reshape(n)[idx]
             grad_c = grad_c.reshape(gate.shape)
-        return (grad_x if need_x else None), grad_u, grad_c, None, None, None, None
+        return (grad_x if need_x else None), grad_u, grad_c, None, None, None
 
 
 def nested_quantize(
@@ -197,7 +173,6 @@ def nested_quantize(
     levels: Sequence[int],
     signed: bool,
     channel_gate: Tensor | None = None,
-    workspace: dict | None = None,
     grad_channels: Tensor | None = None,
 ) -> Tensor:
     """``channel_gate * sum_l weights[l] * Q_{levels[l]}(clip(x))`` with straight-through gradients.
@@ -209,7 +184,6 @@ def nested_quantize(
         levels: bit widths of the computed levels, ascending.
         signed: symmetric ``[-u, u]`` grid if true, else ``[0, u]``.
         channel_gate: optional per-channel multiplier broadcastable to ``x`` (e.g. ``[C, 1, 1, 1]``).
-        workspace: optional dict of reusable buffers (CPU weight quantizers pass one; see `workspace_buffer`).
         grad_channels: optional ``[n]`` indices of the only channels whose ``channel_gate`` gradient is needed.
 
     Returns:
@@ -217,8 +191,7 @@ def nested_quantize(
     """
     levels = tuple(int(b) for b in levels)
     if len(levels) == 1 and levels[0] < FLOAT_BITS and not weights.requires_grad and x.dim() > 0:
-        ws = workspace if x.device.type == "cpu" and x.is_contiguous() else None
-        return _SingleLevelQuantize.apply(x, x_max, channel_gate, levels[0], bool(signed), ws, grad_channels)
+        return _SingleLevelQuantize.apply(x, x_max, channel_gate, levels[0], bool(signed), grad_channels)
     return _NestedQuantize.apply(x, x_max, weights, channel_gate, levels, bool(signed))
 
 

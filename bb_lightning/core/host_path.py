@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from . import hard_concrete as hc
-from .fake_quant import CLIP_SHRINK, MIN_RANGE, num_steps, workspace_buffer
+from .fake_quant import CLIP_SHRINK, MIN_RANGE, num_steps
 
 
 def host_sample(log_alpha: list[float], noise: list[float]) -> list[float]:
@@ -47,11 +47,11 @@ class HostSingleLevel(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, x_max, prune_log_alpha, z, idx, dz, bits, signed, ws):  # type: ignore[override]
+    def forward(ctx, x, x_max, prune_log_alpha, z, idx, dz, bits, signed):  # type: ignore[override]
         u = max(float(x_max), MIN_RANGE)
         s = (2.0 * u if signed else u) / num_steps(bits)
         top = float(num_steps(bits)) / (2.0 if signed else 1.0) * CLIP_SHRINK
-        out = torch.mul(x, 1.0 / s, out=workspace_buffer(ws, "out", x))
+        out = torch.mul(x, 1.0 / s)
         out.clamp_(-top if signed else 0.0, top).round_()
         gate = None
         if z is not None:
@@ -78,4 +78,4 @@ class HostSingleLevel(torch.autograd.Function):
             if idx.numel():
                 rows = (grad_out[idx] * out[idx]).view(idx.numel(), -1).sum(1)
                 grad_la[idx] = rows / gate.view(-1)[idx] * dz
-        return grad_x, g_u.reshape(()), grad_la, None, None, None, None, None, None
+        return grad_x, g_u.reshape(()), grad_la, None, None, None, None, None

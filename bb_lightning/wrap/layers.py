@@ -28,6 +28,10 @@ class QuantizedLayer(nn.Module):
             x = self.input_quantizer(x)
         return self._bb_adapter.run(self, x, self.quantized_weight())
 
+    def train(self, mode: bool = True) -> QuantizedLayer:
+        self._bb_cache = None
+        return super().train(mode)
+
     def quantized_weight(self) -> Tensor:
         """The weight as the layer uses it, quantized; cached in eval mode without grad until any parameter changes."""
         if self.training or torch.is_grad_enabled():

@@ -18,7 +18,8 @@ from bb_lightning.core.fake_quant import fake_quantize, nested_quantize, scale
 
 SHRINK = 1.0 - 1e-7
 CHAIN = (2, 4, 8, 16, 32)
-HYPO = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+HYPO = settings(max_examples=30, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -98,6 +99,11 @@ def assert_quant_close(out, ref, u, fine_step, max_frac=0.02):
     assert float(diff.max()) <= fine_step * 1.001 + tight, float(diff.max())
     frac = float((diff > tight).double().mean())
     assert frac <= max_frac, frac
+
+
+def mismatch_step(u, signed, gates, bits=CHAIN) -> float:
+    """Largest change of the output when float32 rounds one level's near-tie the other way: max_l w_l s_l."""
+    return max(w * (ref_step(u, b, signed) if b < 32 else 0.0) for w, b in zip(convex_weights(gates), bits))
 
 
 def rand_x(n, u, signed, seed, spread=1.4, dtype=torch.float32):
@@ -242,7 +248,7 @@ def test_nested_quantize_float32_with_channel_gate(seed, signed, gates, kept):
     w = torch.tensor(convex_weights(gates))
     out = nested_quantize(x, torch.tensor(u), w, CHAIN, signed, channel_gate=cg)
     ref = ref_nested(x, u, signed, gates, channel_gate=cg)
-    assert_quant_close(out, ref, u, ref_step(u, 16, signed), max_frac=0.05)
+    assert_quant_close(out, ref, u, mismatch_step(u, signed, gates), max_frac=0.05)
     # pruned channels are exactly zero
     for c, k in enumerate(kept):
         if not k:
@@ -256,7 +262,7 @@ def test_fractional_gates_float32_reference(signed):
     for gates in ([0.3, 0.8, 0.55, 0.2], [1.0, 0.4, 0.0, 0.9], [0.7, 1.0, 1.0, 0.0], [0.25, 0.5, 0.75, 1.0]):
         w = torch.tensor(convex_weights(gates))
         out = nested_quantize(x, torch.tensor(u), w, CHAIN, signed)
-        assert_quant_close(out, ref_nested(x, u, signed, gates), u, ref_step(u, 16, signed))
+        assert_quant_close(out, ref_nested(x, u, signed, gates), u, mismatch_step(u, signed, gates))
 
 
 @pytest.mark.parametrize("signed", [True, False])
@@ -418,13 +424,30 @@ def test_range_gradient_without_channel_gate(signed):
     assert float(gua) == pytest.approx(float(top.sum()) / 1.5, rel=1e-9)
 
 
+def away_from_ties(n, u, bits, signed, seed) -> torch.Tensor:
+    """Inputs at least 0.1 step away from every rounding tie of the ``bits`` grid (so that float32 paths with a
+    different operation order must agree exactly), plus about 10 % clipped values beyond the range."""
+    g = torch.Generator().manual_seed(seed)
+    s = ref_step(u, bits, signed)
+    kmax = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+    kmin = -kmax if signed else 0
+    k = torch.randint(kmin, kmax + 1, (n,), generator=g).double()
+    d = (torch.rand(n, generator=g, dtype=torch.float64) * 0.3 + 0.1) * torch.where(
+        torch.rand(n, generator=g) < 0.5, -1.0, 1.0
+    ).double()
+    x = (k + d) * s
+    out = torch.rand(n, generator=g) < 0.1
+    x = torch.where(out, torch.sign(torch.randn(n, generator=g)).double() * u * 1.3, x)
+    return x.float()
+
+
 @pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize("bits", [2, 4, 8, 16])
 @pytest.mark.parametrize("shape", [(6, 3, 3, 3), (6, 17)])
 def test_fast_and_general_path_agree(signed, bits, shape):
     u = torch.tensor(0.93)
     n = math.prod(shape)
-    x = rand_x(n, 0.93, signed, seed=bits).view(shape)
+    x = away_from_ties(n, float(u), bits, signed, seed=bits).view(shape)
     cshape = (shape[0],) + (1,) * (len(shape) - 1)
     cg = torch.tensor([0.3, 1.0, 0.6, 0.05, 0.8, 0.45]).view(cshape)
     G = torch.randn(shape, generator=torch.Generator().manual_seed(bits))
@@ -485,26 +508,22 @@ def test_clipped_inputs_get_no_gradient_and_range_gets_clip_term(fast):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# workspace reuse (CPU weight quantizers pass a workspace dict)
+# results a caller holds are never reused as scratch space by later calls
 # ----------------------------------------------------------------------------------------------------------------
-def test_workspace_does_not_overwrite_a_result_the_caller_still_holds():
-    """``workspace_buffer`` promises reuse only "when no graph or caller still holds it". Without autograd the
-    returned tensor *is* the workspace buffer, so a held result must not be overwritten by the next call."""
-    ws: dict = {}
+def test_held_result_is_not_overwritten_by_the_next_call():
     u = torch.tensor(1.0)
     x1 = rand_x(64, 1.0, True, seed=1)
     x2 = rand_x(64, 1.0, True, seed=2)
-    a = nested_quantize(x1, u, torch.ones(1), (4,), True, workspace=ws)
+    a = nested_quantize(x1, u, torch.ones(1), (4,), True)
     a_copy = a.clone()
-    b = nested_quantize(x2, u, torch.ones(1), (4,), True, workspace=ws)
+    b = nested_quantize(x2, u, torch.ones(1), (4,), True)
     assert not torch.equal(a_copy, b)
     torch.testing.assert_close(a, a_copy, rtol=0, atol=0)
 
 
-def test_workspace_results_are_correct_across_calls():
-    ws: dict = {}
+def test_results_are_correct_across_calls():
     u = torch.tensor(0.8)
     for seed in range(3):
         x = rand_x(128, 0.8, True, seed=seed)
-        out = nested_quantize(x, u, torch.ones(1), (8,), True, workspace=ws).clone()
+        out = nested_quantize(x, u, torch.ones(1), (8,), True).clone()
         assert_quant_close(out, ref_level(x, float(u), 8, True), 0.8, ref_step(0.8, 8, True), max_frac=0.02)

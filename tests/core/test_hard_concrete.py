@@ -139,7 +139,7 @@ def test_sample_shape_and_one_draw_per_element():
     assert torch.unique(z).numel() > 1  # independent draws per element
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, derandomize=True, database=None)
 @given(seed=st.integers(0, 2**20), scale=st.floats(0.1, 8.0))
 def test_sample_matches_formula_on_given_noise(seed, scale):
     g = torch.Generator().manual_seed(seed)

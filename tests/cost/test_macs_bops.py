@@ -375,3 +375,55 @@ def test_regulariser_responds_to_gates():
     doubling8 = 4 * p + 8 * p * p + 16 * p * p * pi(-6) * (1 + 2 * pi(-6))
     doubling2 = 4 * pi(-6) * (1 + 2 * pi(-6) * (1 + 2 * pi(-6) * (1 + 2 * pi(-6))))
     assert before - after == pytest.approx(p * (doubling8 - doubling2), rel=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# regulariser configurations without / with only pruning gates (spec 3.2, 5.6)
+# ----------------------------------------------------------------------------------------------------------------
+def _doubling(la):
+    p = [pi(v) for v in la]
+    total, prod = 0.0, 1.0
+    for b, pb in zip((4, 8, 16, 32), p):
+        prod *= pb
+        total += b * prod
+    return total
+
+
+def test_regulariser_single_layer_model():
+    # one Linear: first (float input) and last (not pruned) at once -> one plain weight quantizer, R = 1 + doubling
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    recs = plan_layers(net, WrapConfig(), torch.zeros(1, 1, 8, 8))
+    assert [(r.macs, r.prune, r.quantize_input) for r in recs] == [(640, False, False)]
+    mods = apply_plan(net, recs, "bayesian_bits", BayesianBitsConfig(gate_init=(6, 6, -6, -6)))
+    raw = CostRegularizer(recs, mods, CostConfig()).raw().item()
+    assert raw == pytest.approx(1 + _doubling((6, 6, -6, -6)), rel=1e-5)
+
+
+def test_regulariser_weights_only_everything_pruned():
+    # weights-only quantization with a prunable classifier: every quantizer has pruning gates
+    torch.manual_seed(0)
+    net = lenet5()
+    recs = plan_layers(net, WrapConfig(quantize_activations=False, last_layer="full"), torch.zeros(1, 1, 28, 28))
+    assert all(r.prune and not r.quantize_input for r in recs)
+    mods = apply_plan(net, recs, "bayesian_bits", BayesianBitsConfig(gate_init=(6, 6, -6, -6), prune_init=6.0))
+    raw = CostRegularizer(recs, mods, CostConfig()).raw().item()
+    d = _doubling((6, 6, -6, -6))
+    expected = sum(pi(6) * (m / max(LENET_MACS)) * (2 + d) for m in LENET_MACS)
+    assert raw == pytest.approx(expected, rel=1e-5)
+
+
+def test_prune_false_is_quantization_only():
+    """``BayesianBitsConfig(prune=False)`` (the ``BayesianBits(prune=False)`` callback argument; spec 5.6
+    "quantization only") must create no pruning gate anywhere, so every R_k has the plain form ``1 + ...``."""
+    torch.manual_seed(0)
+    net = lenet5()
+    recs = plan_layers(net, WrapConfig(), torch.zeros(1, 1, 28, 28))
+    mods = apply_plan(net, recs, "bayesian_bits", BayesianBitsConfig(gate_init=(6, 6, -6, -6), prune=False))
+    has_gates = {n: m.weight_quantizer.prune_log_alpha is not None for n, m in mods.items()}
+    assert not any(has_gates.values()), has_gates
+    assert all(m.weight_quantizer.keep_mask() is None for m in mods.values())
+    d = _doubling((6, 6, -6, -6))
+    expected = sum(1 + (m / max(LENET_MACS)) * d for m in LENET_MACS) + sum(
+        1 + (m / max(LENET_MACS)) * d for m in LENET_MACS[1:]
+    )
+    assert CostRegularizer(recs, mods, CostConfig()).raw().item() == pytest.approx(expected, rel=1e-5)

@@ -142,9 +142,9 @@ def test_parameters_and_shapes():
     # inputs never prune; prune=False override (classifier) has none either
     assert make("input", None, prune=True).prune_log_alpha is None
     assert make("weight", 7, prune=False).prune_log_alpha is None
-    # the per-tensor override wins over the config in both directions
-    assert BayesianBitsQuantizer(BayesianBitsConfig(prune=False), "weight", 7, True).prune_log_alpha is not None
+    # the per-tensor "no pruning" (classifier) wins over a config that prunes
     assert BayesianBitsQuantizer(BayesianBitsConfig(prune=True), "weight", 7, False).prune_log_alpha is None
+    assert BayesianBitsQuantizer(BayesianBitsConfig(prune=False), "weight", 7).prune_log_alpha is None
     # default gate init: 6 for every gate except the float one, which is cut off (-6) -> starts at 16 bits
     assert make("weight", 3).log_alpha.tolist() == [6.0, 6.0, 6.0, -6.0]
     assert make("weight", 3).hard_bits() == 16
@@ -273,6 +273,63 @@ def test_gate_probabilities():
     q = make("input", gate_init=(6, 0, -0.9, -6))
     torch.testing.assert_close(q.gate_probabilities().double(), pi([6, 0, -0.9, -6]), rtol=1e-6, atol=0)
     assert not q.gate_probabilities().requires_grad
+
+
+def _mixed_quantizers():
+    qs = [
+        make("weight", 3, gate_init=(1.0, 0.5, -1.0, -3.0), prune_init=2.0),
+        make("input", gate_init=(6, 6, -6, -6)),
+        make("weight", 7, prune=False, gate_init=(0.2, 0.1, 0.0, -0.5)),
+        make("weight", 4, gate_init=(3, -1, 2, 0), prune_init=-0.5),
+        make("input", gate_init=(-1.0, 2.0, 0.5, 0.5)),
+    ]
+    with torch.no_grad():
+        qs[3].prune_log_alpha.copy_(torch.tensor([-3.0, 0.0, 1.0, 4.0]))
+    return qs, [0.5, 1.0, 0.01, 0.3, 0.07]
+
+
+def _grads(qs):
+    out = []
+    for q in qs:
+        for p in (q.log_alpha, q.prune_log_alpha):
+            if p is not None:
+                out.append(torch.zeros_like(p) if p.grad is None else p.grad.clone())
+                p.grad = None
+    return out
+
+
+def test_batched_penalty_equals_sum_of_penalties():
+    qs, scales = _mixed_quantizers()
+    ref = sum(ref_penalty(q.log_alpha.detach(), CHAIN, s,
+                          None if q.prune_log_alpha is None else q.prune_log_alpha.detach()) for q, s in zip(qs, scales))
+    loop = torch.stack([q.penalty(s) for q, s in zip(qs, scales)]).sum()
+    loop.backward()
+    g_loop = _grads(qs)
+    cache: dict = {}
+    batched = BayesianBitsQuantizer.batched_penalty(qs, scales, cache)
+    assert batched.item() == pytest.approx(ref, rel=1e-5)
+    batched.backward()
+    for a, b in zip(_grads(qs), g_loop):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    # second call with the cache: same value; frozen quantizers then drop out
+    assert BayesianBitsQuantizer.batched_penalty(qs, scales, cache).item() == pytest.approx(ref, rel=1e-5)
+    qs[1].freeze()
+    ref_frozen = ref - ref_penalty(qs[1].log_alpha.detach(), CHAIN, scales[1])
+    assert BayesianBitsQuantizer.batched_penalty(qs, scales, cache).item() == pytest.approx(ref_frozen, rel=1e-5)
+    for q in qs:
+        q.freeze()
+    assert BayesianBitsQuantizer.batched_penalty(qs, scales, cache).item() == 0.0
+
+
+@pytest.mark.parametrize("group", ["only_unpruned", "only_pruned"])
+def test_batched_penalty_homogeneous_groups(group):
+    """A regulariser group may hold no pruned quantizer (quantization-only runs, single-layer models, inputs only)
+    or only pruned ones (weights-only quantization): both must still give the sum of the penalties."""
+    qs, scales = _mixed_quantizers()
+    keep = [i for i, q in enumerate(qs) if (q.prune_log_alpha is None) == (group == "only_unpruned")]
+    qs, scales = [qs[i] for i in keep], [scales[i] for i in keep]
+    expected = sum(q.penalty(s).item() for q, s in zip(qs, scales))
+    assert BayesianBitsQuantizer.batched_penalty(qs, scales, {}).item() == pytest.approx(expected, rel=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -434,7 +491,13 @@ def _check_training_step(monkeypatch, q, x, noise, noise_c=None, accelerator_pat
     (out * G).sum().backward()
     ref, z, g_la, g_pla = _reference_and_grads(q, x, noise, noise_c, G)
     u = float(q.x_max.detach())
-    assert_quant_close(out, ref, u, ref_step(u, 16, q._signed), max_frac=0.05)
+    g = [1.0]
+    for v in z.tolist():
+        g.append(g[-1] * v)
+    g.append(0.0)
+    # a float32 near-tie rounded the other way at level l moves one element by at most w_l s_l
+    step = max((g[i] - g[i + 1]) * (ref_step(u, b, q._signed) if b < 32 else 0.0) for i, b in enumerate(q.bits))
+    assert_quant_close(out, ref, u, step, max_frac=0.05)
     got_la = torch.zeros(4, dtype=torch.float64) if q.log_alpha.grad is None else q.log_alpha.grad.double()
     scale = float((G.abs()).sum()) * u
     torch.testing.assert_close(got_la, g_la, rtol=2e-4, atol=1e-5 * scale)
@@ -451,6 +514,8 @@ NOISE_CASES = {
     "z4_one_z8_frac_z16_one_z32_zero": [0.99, 0.5, 0.995, 0.003],
     "z4_zero": [0.01, 0.5, 0.5, 0.5],
     "all_one": [0.99, 0.99, 0.99, 0.99],
+    "exact_8bit": [0.99, 0.99, 0.01, 0.5],
+    "exact_16bit": [0.99, 0.99, 0.99, 0.01],
 }
 
 
@@ -467,6 +532,45 @@ def test_training_forward_matches_reference_on_given_noise(monkeypatch, case, si
         assert float(z[0]) == 0.0
 
 
+def test_training_forward_non_contiguous_weight(monkeypatch):
+    w = torch.randn(12, 5, generator=torch.Generator().manual_seed(3)).t()  # [5, 12], not contiguous
+    assert not w.is_contiguous()
+    q = make("weight", 5, x=w, gate_init=(0.0, 0.0, 0.0, 0.0), prune_init=0.0)
+    noise_c = torch.tensor([0.5, 0.01, 0.99, 0.3, 0.8])
+    _check_training_step(monkeypatch, q, w, torch.tensor([0.99, 0.99, 0.01, 0.5]), noise_c)
+    q.zero_grad(set_to_none=True)
+    _check_training_step(monkeypatch, q, w, torch.tensor([0.3, 0.6, 0.45, 0.7]), noise_c)
+
+
+def test_exact_gate_step_still_trains_range_and_pruning_gates(monkeypatch):
+    # all doubling samples exact (one 8-bit level): no doubling-gate gradient, but x_max and fractional pruning
+    # gates get theirs; checked against the float64 reference and the STE closed form for x_max
+    w = _weight(12)
+    q = make("weight", 5, x=w * 0.8, gate_init=(0.0, 0.0, 0.0, 0.0), prune_init=0.0)  # some weights clipped
+    noise_c = torch.tensor([0.5, 0.01, 0.99, 0.3, 0.8])
+    NoiseQueue(monkeypatch, torch.tensor([0.99, 0.99, 0.01, 0.5]), noise_c)
+    G = torch.randn(w.shape, generator=torch.Generator().manual_seed(1))
+    out = q(w)
+    monkeypatch.undo()
+    (out * G).sum().backward()
+    assert q.log_alpha.grad is None or torch.all(q.log_alpha.grad == 0)
+    u = float(q.x_max.detach())
+    zc = ref_gates(torch.zeros(5), noise_c, cutoff=None).view(5, 1, 1, 1)
+    q8 = ref_level(w, u, 8, True)
+    xc = ref_clip(w, u, True)
+    hi = u * SHRINK
+    dclip = torch.where(w.double() > hi, SHRINK, torch.where(w.double() < -hi, -SHRINK, 0.0))
+    expected_u = float((G.double() * zc * ((q8 - xc) / u + dclip)).sum())
+    assert float(q.x_max.grad) == pytest.approx(expected_u, rel=1e-4, abs=1e-4)
+    # x gradient: z_c inside the clip range, 0 outside
+    wx = w.clone().requires_grad_()
+    NoiseQueue(monkeypatch, torch.tensor([0.99, 0.99, 0.01, 0.5]), noise_c)
+    (q(wx) * G).sum().backward()
+    monkeypatch.undo()
+    inside = (w.double().abs() < hi)
+    torch.testing.assert_close(wx.grad.double(), G.double() * zc * inside, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("accelerator_path", [False, True])
 def test_training_forward_input_quantizer(monkeypatch, accelerator_path):
     x = torch.relu(torch.randn(4, 30, generator=torch.Generator().manual_seed(5)))
@@ -474,7 +578,10 @@ def test_training_forward_input_quantizer(monkeypatch, accelerator_path):
     _check_training_step(monkeypatch, q, x * 1.3, torch.tensor([0.35, 0.5, 0.6, 0.4]), None, accelerator_path)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, derandomize=True, database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(
     seed=st.integers(0, 2**20),
     la=st.lists(st.floats(-1.99, 3.0), min_size=4, max_size=4),
@@ -512,6 +619,20 @@ def test_gate_cutoff_forces_higher_gates_off_in_training(monkeypatch, cut, cut_v
     assert q.log_alpha.grad is None or torch.all(q.log_alpha.grad[cut:] == 0)
 
 
+@pytest.mark.parametrize("accelerator_path", [False, True])
+@pytest.mark.parametrize(
+    "la", [(0.0, -2.0, 20.0, 20.0), (0.0, 0.0, -2.0, 0.0), (-2.0, 0.0, 0.0, 0.0), (0.0, -1.999, 0.0, -2.0)]
+)
+def test_gate_cutoff_with_fractional_lower_gates(monkeypatch, la, accelerator_path):
+    # fractional samples below the cut gate: output, gate gradients (zero for the cut gates) against the reference
+    w = _weight(13)
+    q = make("weight", 5, x=w, gate_init=la, prune_init=0.0)
+    noise_c = torch.tensor([0.5, 0.01, 0.99, 0.3, 0.8])
+    _check_training_step(monkeypatch, q, w, torch.tensor([0.5, 0.9, 0.6, 0.4]), noise_c, accelerator_path)
+    cut = next(j for j, v in enumerate(la) if v <= -2.0)
+    assert q.log_alpha.grad is None or torch.all(q.log_alpha.grad[cut:] == 0)
+
+
 def test_gate_cutoff_boundary_is_inclusive():
     w = _weight(3)
     # exactly at the cut-off (-2) the gate is cut; just above it is not (and can then be sampled on)
@@ -536,6 +657,22 @@ def test_zero_sampled_lower_gate_makes_higher_gates_irrelevant(monkeypatch):
             outs.append(q(w).detach())
     for o in outs:
         assert_quant_close(o, ref_level(w, u, 2, True), u, 0.0, max_frac=0.0)
+
+
+def test_exact_gate_step_uses_a_single_autograd_node(monkeypatch):
+    # the CPU training step with every doubling sample exact is one node (no gate graph) and matches the reference
+    w = _weight(11)
+    q = make("weight", 5, x=w, gate_init=(6.0, 6.0, -6.0, -6.0), prune_init=6.0)
+    NoiseQueue(monkeypatch, torch.tensor([0.5, 0.5, 0.5, 0.5]), torch.full((5,), 0.5))
+    out = q(w)
+    monkeypatch.undo()
+    # one node whose inputs are the leaf parameters themselves (x_max, prune_log_alpha)
+    assert out.grad_fn is not None
+    parents = [f for f, _ in out.grad_fn.next_functions if f is not None]
+    assert parents and all(type(f).__name__ == "AccumulateGrad" for f in parents)
+    assert {id(f.variable) for f in parents} == {id(q.x_max), id(q.prune_log_alpha)}
+    u = float(q.x_max.detach())
+    assert_quant_close(out, ref_level(w, u, 8, True), u, 0.0, max_frac=0.0)
 
 
 def test_every_gate_parameter_gets_a_gradient_from_loss_plus_penalty():
@@ -588,7 +725,7 @@ def test_training_sample_statistics_at_init():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# workspace reuse of weight quantizers (CPU)
+# results a caller holds are never overwritten by later calls
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("training", [False, True])
 def test_held_output_is_not_overwritten_by_the_next_call(training):

@@ -33,7 +33,8 @@ class BayesianBitsQuantizer(QuantizerBase):
         config: method settings (bit chain, gate inits, pruning, thresholds).
         role: ``"weight"`` or ``"input"``.
         num_channels: output channels ``C`` of the weight (``weight.shape[0]``); needed for pruning gates.
-        prune: override ``config.prune`` for this tensor (e.g. ``False`` for the classifier); inputs never prune.
+        prune: ``False`` switches pruning off for this tensor (e.g. the classifier) even if ``config.prune``;
+            inputs never prune.
 
     Attributes:
         log_alpha: ``[len(bits) - 1]`` doubling-gate locations, ``z_4 .. z_top``.
@@ -48,7 +49,7 @@ class BayesianBitsQuantizer(QuantizerBase):
         self.config = config
         self.bits: tuple[int, ...] = tuple(config.bits)
         self.log_alpha = nn.Parameter(torch.tensor(config.gate_inits, dtype=torch.float32))
-        prune = config.prune if prune is None else prune
+        prune = config.prune if prune is None else (config.prune and prune)
         if role == "weight" and prune and num_channels:
             self.prune_log_alpha: nn.Parameter | None = nn.Parameter(torch.full((num_channels,), config.prune_init))
         else:
@@ -59,7 +60,6 @@ class BayesianBitsQuantizer(QuantizerBase):
         self._det: tuple[int, Tensor | None] = (0, None)
         self._host_alive = self._count_alive()
         self._host_masks: dict[tuple, Tensor] = {}
-        self._workspace: dict[str, Tensor] | None = {} if role == "weight" else None
 
     # ----- gates ------------------------------------------------------------------------------------------
     @property
@@ -82,11 +82,19 @@ class BayesianBitsQuantizer(QuantizerBase):
         self.refresh_host_state()
         self._det_key = None
 
-    def _deterministic_state(self) -> tuple[int, Tensor | None]:
-        """``(number of doubling gates on, [C] float keep mask or None)`` by the evaluation rule; cached."""
+    def train(self, mode: bool = True) -> BayesianBitsQuantizer:
+        self._det_key = None  # also catches writes through `.data`, which do not bump tensor versions
+        return super().train(mode)
+
+    def _deterministic_state(self, cached: bool = True) -> tuple[int, Tensor | None]:
+        """``(number of doubling gates on, [C] float keep mask or None)`` by the evaluation rule.
+
+        With ``cached`` (the forward pass) the result is reused until a gate parameter's version changes or the
+        module switches train/eval mode, so evaluation costs one device sync per quantizer, not one per step.
+        """
         p = self.prune_log_alpha
         key = (self.log_alpha._version, None if p is None else p._version, self.log_alpha.device)
-        if key != self._det_key:
+        if not cached or key != self._det_key:
             with torch.no_grad():
                 on = (self.log_alpha > self._eval_log_alpha) & (self.log_alpha > self.config.gate_cutoff)
                 n_on = int(on.to(torch.int64).cumprod(0).sum())
@@ -114,7 +122,7 @@ class BayesianBitsQuantizer(QuantizerBase):
     def _deterministic_forward(self, x: Tensor) -> Tensor:
         n_on, mask = self._deterministic_state()
         cg = None if mask is None else self._channel_view(mask, x.dim())
-        return nested_quantize(x, self.x_max, x.new_ones(1), (self.bits[n_on],), self._signed, cg, self._workspace)
+        return nested_quantize(x, self.x_max, x.new_ones(1), (self.bits[n_on],), self._signed, cg)
 
     def _host_mask(self, device: torch.device) -> Tensor:
         key = (device, self._host_alive)
@@ -136,8 +144,7 @@ class BayesianBitsQuantizer(QuantizerBase):
                 if self.prune_log_alpha is not None:
                     z, idx, dz = channel_gates(self.prune_log_alpha.detach(), torch.rand_like(self.prune_log_alpha))
                 return HostSingleLevel.apply(
-                    x, self.x_max, self.prune_log_alpha, z, idx, dz, self.bits[levels[0]], self._signed,
-                    self._workspace,
+                    x, self.x_max, self.prune_log_alpha, z, idx, dz, self.bits[levels[0]], self._signed
                 )
             if weights is None:
                 weights = x.new_ones(1)
@@ -154,7 +161,7 @@ class BayesianBitsQuantizer(QuantizerBase):
                 grad_channels = torch.nonzero((zc > 0) & (zc < 1)).view(-1)
             cg = self._channel_view(zc, x.dim())
         bits = [self.bits[i] for i in levels]
-        return nested_quantize(x, self.x_max, weights, bits, self._signed, cg, self._workspace, grad_channels)
+        return nested_quantize(x, self.x_max, weights, bits, self._signed, cg, grad_channels)
 
     def _host_levels(self, noise: Tensor) -> tuple[list[int], Tensor | None]:
         """CPU path: sample the doubling gates on the host and decide which levels must be computed.
@@ -221,10 +228,14 @@ class BayesianBitsQuantizer(QuantizerBase):
             dev = bits.device
             const = {
                 "scale": torch.tensor([scales[i] for i in active], dtype=torch.float32, device=dev),
-                "plain": torch.tensor([i for i, q in enumerate(qs) if q.prune_log_alpha is None], device=dev),
+                "plain": torch.tensor(
+                    [i for i, q in enumerate(qs) if q.prune_log_alpha is None], dtype=torch.long, device=dev
+                ),
                 "pruned": torch.tensor(pruned, dtype=torch.long, device=dev),
                 "sizes": torch.tensor(sizes, dtype=torch.float32, device=dev),
-                "seg": torch.repeat_interleave(torch.arange(len(sizes), device=dev), torch.tensor(sizes, device=dev)),
+                "seg": torch.repeat_interleave(
+                    torch.arange(len(sizes), device=dev), torch.tensor(sizes, dtype=torch.long, device=dev)
+                ),
             }
             if cache is not None:
                 cache.clear()
@@ -243,13 +254,13 @@ class BayesianBitsQuantizer(QuantizerBase):
         return total
 
     def hard_bits(self) -> int:
-        n_on, mask = self._deterministic_state()
+        n_on, mask = self._deterministic_state(cached=False)
         if mask is not None and not bool(mask.any()):
             return 0
         return self.bits[n_on]
 
     def keep_mask(self) -> Tensor | None:
-        _, mask = self._deterministic_state()
+        _, mask = self._deterministic_state(cached=False)
         return None if mask is None else mask.bool()
 
     def gate_probabilities(self) -> Tensor:
