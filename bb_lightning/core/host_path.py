@@ -38,6 +38,13 @@ def channel_gates(log_alpha: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Ten
     return pre.clamp_(0.0, 1.0), idx, dz
 
 
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """``sum(a * b)`` as one fused pass when both are contiguous (e.g. not for channels-last gradients)."""
+    if a.is_contiguous() and b.is_contiguous():
+        return torch.dot(a.view(-1), b.view(-1))
+    return torch.sum(a * b)
+
+
 class HostSingleLevel(torch.autograd.Function):
     """``out = z_c * s * round(clamp(x / s))`` for one ``bits < 32`` level; see the module docstring.
 
@@ -71,11 +78,11 @@ class HostSingleLevel(torch.autograd.Function):
         grad_x = torch.ops.aten.hardtanh_backward(grad_out, x, -hi if ctx.signed else 0.0, hi)
         if gate is not None:
             grad_x.mul_(gate)
-        g_u = (torch.dot(grad_out.view(-1), out.view(-1)) - torch.dot(grad_x.view(-1), x.view(-1))) / ctx.u
+        g_u = (_dot(grad_out, out) - _dot(grad_x, x)) / ctx.u
         grad_la = None
         if gate is not None and ctx.needs_input_grad[2]:
             grad_la = gate.new_zeros(gate.shape[0])
             if idx.numel():
-                rows = (grad_out[idx] * out[idx]).view(idx.numel(), -1).sum(1)
+                rows = (grad_out[idx] * out[idx]).reshape(idx.numel(), -1).sum(1)
                 grad_la[idx] = rows / gate.view(-1)[idx] * dz
         return grad_x, g_u.reshape(()), grad_la, None, None, None, None, None

@@ -527,3 +527,20 @@ def test_results_are_correct_across_calls():
         x = rand_x(128, 0.8, True, seed=seed)
         out = nested_quantize(x, u, torch.ones(1), (8,), True).clone()
         assert_quant_close(out, ref_level(x, float(u), 8, True), 0.8, ref_step(0.8, 8, True), max_frac=0.02)
+
+
+def test_host_fast_path_handles_channels_last_gradients():
+    """Channels-last activations (ConvNeXt, MambaOut) give non-contiguous gradients to the CPU fast path."""
+    from bb_lightning.core.host_path import HostSingleLevel
+
+    x = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last).requires_grad_()
+    u = torch.tensor(1.5, requires_grad=True)
+    out = HostSingleLevel.apply(x, u, None, None, None, None, 4, True)
+    g = torch.randn(2, 4, 5, 3).permute(0, 3, 1, 2)  # non-contiguous in both layouts
+    gx, gu = torch.autograd.grad(out, (x, u), g)
+    xc = x.detach().contiguous().requires_grad_()
+    uc = u.detach().clone().requires_grad_()
+    ref = HostSingleLevel.apply(xc, uc, None, None, None, None, 4, True)
+    rx, ru = torch.autograd.grad(ref, (xc, uc), g.contiguous())
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gu, ru)

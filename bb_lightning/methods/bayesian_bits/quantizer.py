@@ -138,7 +138,7 @@ class BayesianBitsQuantizer(QuantizerBase):
         on_host = x.device.type == "cpu" and not torch.compiler.is_compiling()
         if on_host:
             levels, weights = self._host_levels(noise)
-            if weights is None and self.bits[levels[0]] < 32 and x.is_contiguous():
+            if weights is None and self.bits[levels[0]] < 32:
                 # one active level and no gate gradient: the single-node CPU fast path
                 z = idx = dz = None
                 if self.prune_log_alpha is not None:
