@@ -123,12 +123,13 @@ def main() -> None:
         for v in variants:
             times[v].append(step(v))
     med = {v: statistics.median(t) * 1e3 for v, t in times.items()}
+    spread = {v: (min(t) * 1e3, max(t) * 1e3) for v, t in times.items()}
     print(f"{args.model} {args.size}x{args.size} batch {args.batch}, {args.threads} threads, {args.optimizer}, "
           f"median of {args.reps} interleaved steps (torch {torch.__version__})")
     base = med.get("fp32")
     for v in variants:
         ratio = f"{med[v] / base:5.2f}x fp32" if base else ""
-        print(f"  {v:<7} {med[v]:8.1f} ms   {ratio}")
+        print(f"  {v:<7} {med[v]:8.1f} ms   {ratio}   (min {spread[v][0]:.1f}, max {spread[v][1]:.1f})")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""CPU fast path for one Bayesian Bits level with per-channel pruning gates, in a single autograd node.
+"""CPU fast path of the Bayesian Bits quantizer (any number of active levels, pruning gates) in one autograd node.
 
-On CPU, reading a few gate values or the range on the host costs no device sync, so the common training step (every
-doubling-gate sample exactly 0 or 1, hence one active level) is done with Python-float scales and in-place passes.
+On CPU, reading a few gate values or the range on the host costs no device sync, so the training step is done with
+Python-float scales and in-place passes; the common case (every doubling-gate sample exactly 0 or 1) has one level.
 The pruning gates' hard-concrete sample ``z_c`` is taken as an input together with its derivative ``dz_c/dlog_alpha``;
 only channels with ``0 < z_c < 1`` get a gradient, since exact 0/1 samples carry none.
 """
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from . import hard_concrete as hc
-from .fake_quant import CLIP_SHRINK, MIN_RANGE, num_steps
+from .fake_quant import CLIP_SHRINK, FLOAT_BITS, MIN_RANGE, num_steps
 
 
 def host_sample(log_alpha: list[float], noise: list[float]) -> list[float]:
@@ -45,44 +45,73 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return torch.sum(a * b)
 
 
-class HostSingleLevel(torch.autograd.Function):
-    """``out = z_c * s * round(clamp(x / s))`` for one ``bits < 32`` level; see the module docstring.
+class HostNested(torch.autograd.Function):
+    """``out = z_c * sum_l w_l * s_l * round(clamp(x) / s_l)`` over the active levels (all ``< 32`` bits or float).
 
-    Inputs: ``x``, ``x_max`` (0-dim), ``prune_log_alpha`` ([C] or None) and, with it, ``z`` ([C] samples), ``idx`` and
-    ``dz`` from `channel_gates`. Gradients go to ``x``, ``x_max`` and ``prune_log_alpha`` (same formulas as
-    ``fake_quant._SingleLevelQuantize``).
+    Inputs: ``x``; ``x_max`` (0-dim); ``w`` (``[L]`` level weights with a graph to the gates, or ``None`` when a single
+    level has weight exactly 1); ``w_host`` (their values as floats); ``prune_log_alpha`` ([C] or None) with ``z``,
+    ``idx``, ``dz`` from `channel_gates`; ``bits`` per level; ``signed``. Because the weights sum to 1, the range
+    gradient has the same closed form for any number of levels::
+
+        grad_x = z_c * G * [lo' < x < hi']
+        grad_u = (dot(G, out) - dot(grad_x, x)) / u
+        grad_w_l = dot(z_c * G, Q_l(x))                         (levels recomputed in backward)
+        grad_log_alpha_c = rowsum(G * out)_c / z_c * dz_c        (only channels with 0 < z_c < 1)
     """
 
     @staticmethod
-    def forward(ctx, x, x_max, prune_log_alpha, z, idx, dz, bits, signed):  # type: ignore[override]
+    def forward(ctx, x, x_max, w, w_host, prune_log_alpha, z, idx, dz, bits, signed):  # type: ignore[override]
         u = max(float(x_max), MIN_RANGE)
-        s = (2.0 * u if signed else u) / num_steps(bits)
-        top = float(num_steps(bits)) / (2.0 if signed else 1.0) * CLIP_SHRINK
-        out = torch.mul(x, 1.0 / s)
-        out.clamp_(-top if signed else 0.0, top).round_()
+        hi = u * CLIP_SHRINK
+        if len(bits) == 1 and bits[0] < FLOAT_BITS:
+            out = _codes(x, u, bits[0], signed).mul_(_step(u, bits[0], signed))
+        else:
+            xc = torch.clamp(x, -hi if signed else 0.0, hi)
+            out = None
+            for b, wl in zip(bits, w_host):
+                if wl == 0.0:
+                    continue  # kept only for a fractional gate's gradient
+                term = xc if b >= FLOAT_BITS else _codes(xc, u, b, signed).mul_(_step(u, b, signed))
+                out = term * wl if out is None else out.add_(term, alpha=wl)
         gate = None
         if z is not None:
-            gate = (z * s).view((-1,) + (1,) * (x.dim() - 1))
+            gate = z.view((-1,) + (1,) * (x.dim() - 1))
             out.mul_(gate)
-            gate = z.view(gate.shape)
-        else:
-            out.mul_(s)
-        ctx.u, ctx.hi, ctx.signed = u, u * CLIP_SHRINK, signed
+        ctx.u, ctx.hi, ctx.signed, ctx.bits = u, hi, signed, bits
         ctx.save_for_backward(x, out, gate, idx, dz)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         x, out, gate, idx, dz = ctx.saved_tensors
-        hi = ctx.hi
-        grad_x = torch.ops.aten.hardtanh_backward(grad_out, x, -hi if ctx.signed else 0.0, hi)
+        u, hi, signed = ctx.u, ctx.hi, ctx.signed
+        grad_x = torch.ops.aten.hardtanh_backward(grad_out, x, -hi if signed else 0.0, hi)
         if gate is not None:
             grad_x.mul_(gate)
-        g_u = (_dot(grad_out, out) - _dot(grad_x, x)) / ctx.u
+        g_u = (_dot(grad_out, out) - _dot(grad_x, x)) / u
+        grad_w = None
+        if ctx.needs_input_grad[2]:
+            g = grad_out if gate is None else grad_out * gate
+            xc = torch.clamp(x, -hi if signed else 0.0, hi)
+            parts = []
+            for b in ctx.bits:
+                level = xc if b >= FLOAT_BITS else _codes(xc, u, b, signed).mul_(_step(u, b, signed))
+                parts.append(_dot(g, level))
+            grad_w = torch.stack(parts)
         grad_la = None
-        if gate is not None and ctx.needs_input_grad[2]:
+        if gate is not None and ctx.needs_input_grad[4]:
             grad_la = gate.new_zeros(gate.shape[0])
             if idx.numel():
                 rows = (grad_out[idx] * out[idx]).reshape(idx.numel(), -1).sum(1)
                 grad_la[idx] = rows / gate.view(-1)[idx] * dz
-        return grad_x, g_u.reshape(()), grad_la, None, None, None, None, None
+        return grad_x, g_u.reshape(()), grad_w, None, grad_la, None, None, None, None, None
+
+
+def _step(u: float, bits: int, signed: bool) -> float:
+    return (2.0 * u if signed else u) / num_steps(bits)
+
+
+def _codes(x: Tensor, u: float, bits: int, signed: bool) -> Tensor:
+    """``round(clamp(x / s_b))`` as a new tensor (3 in-place passes)."""
+    top = float(num_steps(bits)) / (2.0 if signed else 1.0) * CLIP_SHRINK
+    return torch.mul(x, 1.0 / _step(u, bits, signed)).clamp_(-top if signed else 0.0, top).round_()

@@ -531,16 +531,42 @@ def test_results_are_correct_across_calls():
 
 def test_host_fast_path_handles_channels_last_gradients():
     """Channels-last activations (ConvNeXt, MambaOut) give non-contiguous gradients to the CPU fast path."""
-    from bb_lightning.core.host_path import HostSingleLevel
+    from bb_lightning.core.host_path import HostNested
 
     x = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last).requires_grad_()
     u = torch.tensor(1.5, requires_grad=True)
-    out = HostSingleLevel.apply(x, u, None, None, None, None, 4, True)
+    out = HostNested.apply(x, u, None, [1.0], None, None, None, None, [4], True)
     g = torch.randn(2, 4, 5, 3).permute(0, 3, 1, 2)  # non-contiguous in both layouts
     gx, gu = torch.autograd.grad(out, (x, u), g)
     xc = x.detach().contiguous().requires_grad_()
     uc = u.detach().clone().requires_grad_()
-    ref = HostSingleLevel.apply(xc, uc, None, None, None, None, 4, True)
+    ref = HostNested.apply(xc, uc, None, [1.0], None, None, None, None, [4], True)
     rx, ru = torch.autograd.grad(ref, (xc, uc), g.contiguous())
     torch.testing.assert_close(gx, rx)
     torch.testing.assert_close(gu, ru)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("bits", [(2, 4), (4, 8, 16), (8, 16, 32), (2, 4, 8, 16, 32)])
+def test_host_nested_matches_general_kernel(signed, bits):
+    """The CPU multi-level node equals `_NestedQuantize` (outputs and gradients to x, u, level weights, prune gates)."""
+    from bb_lightning.core import hard_concrete as hc
+    from bb_lightning.core.fake_quant import _NestedQuantize
+    from bb_lightning.core.host_path import HostNested, channel_gates
+
+    g = torch.Generator().manual_seed(len(bits) + signed)
+    x = (torch.randn(6, 3, 2, 2, generator=g) * 1.2).requires_grad_()
+    u = torch.tensor(1.0, requires_grad=True)
+    raw = torch.rand(len(bits), generator=g) + 0.1
+    w = (raw / raw.sum()).requires_grad_()
+    la = (torch.randn(6, generator=g) * 2).requires_grad_()
+    noise = torch.rand(6, generator=g)
+    grad = torch.randn(6, 3, 2, 2, generator=g)
+    z, idx, dz = channel_gates(la.detach(), noise)
+    out = HostNested.apply(x, u, w, w.tolist(), la, z, idx, dz, list(bits), signed)
+    got = torch.autograd.grad(out, (x, u, w, la), grad)
+    ref_out = _NestedQuantize.apply(x, u, w, hc.sample(la, noise).view(-1, 1, 1, 1), bits, signed)
+    ref = torch.autograd.grad(ref_out, (x, u, w, la), grad)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+    for name, a, b in zip(("x", "u", "w", "log_alpha"), got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"grad {n}: {m}")

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..._registry import register_method
 from ...core import hard_concrete as hc
-from ...core.host_path import HostSingleLevel, channel_gates, host_sample
+from ...core.host_path import HostNested, channel_gates, host_sample
 from ...core.fake_quant import nested_quantize
 from ..base import QuantizerBase, Role
 from .config import BayesianBitsConfig
@@ -135,33 +135,26 @@ class BayesianBitsQuantizer(QuantizerBase):
     def _stochastic_forward(self, x: Tensor) -> Tensor:
         k = self.num_gates
         noise = torch.rand(k, device=x.device)
-        on_host = x.device.type == "cpu" and not torch.compiler.is_compiling()
-        if on_host:
+        if x.device.type == "cpu" and not torch.compiler.is_compiling():
             levels, weights = self._host_levels(noise)
-            if weights is None and self.bits[levels[0]] < 32:
-                # one active level and no gate gradient: the single-node CPU fast path
-                z = idx = dz = None
-                if self.prune_log_alpha is not None:
-                    z, idx, dz = channel_gates(self.prune_log_alpha.detach(), torch.rand_like(self.prune_log_alpha))
-                return HostSingleLevel.apply(
-                    x, self.x_max, self.prune_log_alpha, z, idx, dz, self.bits[levels[0]], self._signed
-                )
-            if weights is None:
-                weights = x.new_ones(1)
-        else:  # accelerators: no host reads; only levels cut off at the last refresh are skipped
-            z = hc.sample(self.log_alpha, noise) * self._alive() * self._host_mask(x.device)
-            g = torch.cat([z.new_ones(1), torch.cumprod(z, 0)])
-            weights = (g - torch.cat([g[1:], z.new_zeros(1)]))[: self._host_alive + 1]
-            levels = list(range(self._host_alive + 1))
-        cg = grad_channels = None
+            z = idx = dz = None
+            if self.prune_log_alpha is not None:
+                z, idx, dz = channel_gates(self.prune_log_alpha.detach(), torch.rand_like(self.prune_log_alpha))
+            w_host = [1.0] if weights is None else weights.tolist()
+            bits = [self.bits[i] for i in levels]
+            return HostNested.apply(
+                x, self.x_max, weights, w_host, self.prune_log_alpha, z, idx, dz, bits, self._signed
+            )
+        # accelerators: no host reads; only levels cut off at the last refresh are skipped
+        z = hc.sample(self.log_alpha, noise) * self._alive() * self._host_mask(x.device)
+        g = torch.cat([z.new_ones(1), torch.cumprod(z, 0)])
+        weights = (g - torch.cat([g[1:], z.new_zeros(1)]))[: self._host_alive + 1]
+        levels = list(range(self._host_alive + 1))
+        cg = None
         if self.prune_log_alpha is not None:
-            zc = hc.sample(self.prune_log_alpha)
-            if on_host:
-                # only channels with a gate strictly inside (0, 1) can receive a gradient
-                grad_channels = torch.nonzero((zc > 0) & (zc < 1)).view(-1)
-            cg = self._channel_view(zc, x.dim())
+            cg = self._channel_view(hc.sample(self.prune_log_alpha), x.dim())
         bits = [self.bits[i] for i in levels]
-        return nested_quantize(x, self.x_max, weights, bits, self._signed, cg, grad_channels)
+        return nested_quantize(x, self.x_max, weights, bits, self._signed, cg)
 
     def _host_levels(self, noise: Tensor) -> tuple[list[int], Tensor | None]:
         """CPU path: sample the doubling gates on the host and decide which levels must be computed.
