@@ -1,8 +1,9 @@
 """Training-step cost of Bayesian Bits vs plain fp32, measured side by side in one process.
 
     python benchmarks/step_time.py [--model resnet18] [--size 32] [--batch 32] [--threads 2] [--reps 15]
+                                   [--optimizer sgd,adam]
 
-Prints median step times and ratios (gated / fp32) for:
+Prints, per optimizer (momentum SGD and Adam by default), median step times and ratios (gated / fp32) for:
 
 * ``init``: gates at their default start (w16a16): nearly every gate sample is exactly 0 or 1;
 * ``search``: gates at log_alpha = 0 (P(z>0) = 0.83): many fractional samples, several levels per tensor;
@@ -52,7 +53,7 @@ class NaiveBayesianBits(nn.Module):
         x_q = s * (torch.round(xc / s) - xc / s).detach() + xc  # STE round
         partial, out, prod = x_q, x_q, torch.ones(())
         for i, b in enumerate(q.bits[1:]):
-            if float(z[i]) == 0.0:  # host branching, as in the reference
+            if float(z[i].detach()) == 0.0:  # host branching, as in the reference
                 break
             s = s / (2 ** (b // 2) + 1)
             r = (xc - partial) / s
@@ -89,19 +90,28 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=15)
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    p.add_argument("--optimizer", default="sgd,adam", help="comma-separated: sgd (momentum 0.9), adam")
     p.add_argument("--variants", default="fp32,init,search,naive")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     variants = args.variants.split(",")
+    for optimizer in args.optimizer.split(","):
+        if optimizer not in ("sgd", "adam"):
+            p.error(f"unknown optimizer {optimizer!r}; choose from sgd, adam")
+        run_one(args, variants, optimizer)
+
+
+def run_one(args: argparse.Namespace, variants: list[str], optimizer: str) -> None:
     x = torch.randn(args.batch, 3, args.size, args.size)
     y = torch.randint(0, 10, (args.batch,))
     runs = {}
     for v in variants:
         model, reg = build(args.model, args.size, v)
         model.train()
-        opt_cls = torch.optim.SGD if args.optimizer == "sgd" else torch.optim.Adam
-        opt = opt_cls(model.parameters(), lr=1e-4, **({"momentum": 0.9} if args.optimizer == "sgd" else {}))
+        if optimizer == "sgd":
+            opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        else:
+            opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         runs[v] = (model, reg, opt)
 
     def step(v: str) -> float:
@@ -124,7 +134,7 @@ def main() -> None:
             times[v].append(step(v))
     med = {v: statistics.median(t) * 1e3 for v, t in times.items()}
     spread = {v: (min(t) * 1e3, max(t) * 1e3) for v, t in times.items()}
-    print(f"{args.model} {args.size}x{args.size} batch {args.batch}, {args.threads} threads, {args.optimizer}, "
+    print(f"{args.model} {args.size}x{args.size} batch {args.batch}, {args.threads} threads, {optimizer}, "
           f"median of {args.reps} interleaved steps (torch {torch.__version__})")
     base = med.get("fp32")
     for v in variants:
