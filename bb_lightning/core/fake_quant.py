@@ -117,19 +117,17 @@ class _SingleLevelQuantize(torch.autograd.Function):
         grad_u    = (dot(G, out) - dot(grad_x, x)) / u         (= sum G * gate * (s/u) (k - [inside] x/s))
         grad_gate = rowsum(G * out) / gate                     (= s * rowsum(G k), channels with 0 < gate)
 
-    ``grad_channels`` optionally lists the only channels whose gate gradient is needed (gates sampled exactly 0 or 1
-    get none through the hard-concrete clamp).
     """
 
     @staticmethod
-    def forward(ctx, x, x_max, channel_gate, bits, signed, grad_channels):  # type: ignore[override]
+    def forward(ctx, x, x_max, channel_gate, bits, signed):  # type: ignore[override]
         u = x_max.clamp_min(MIN_RANGE)
         s = scale(u, bits, signed)
         top = float(num_steps(bits)) / (2.0 if signed else 1.0) * CLIP_SHRINK  # hi' / s
         out = torch.div(x, s)
         out.clamp_(-top if signed else 0.0, top).round_()
         out.mul_(channel_gate * s if channel_gate is not None else s)
-        ctx.signed, ctx.grad_channels = signed, grad_channels
+        ctx.signed = signed
         ctx.save_for_backward(x, u, out, channel_gate)
         return out
 
@@ -152,18 +150,12 @@ class _SingleLevelQuantize(torch.autograd.Function):
                       / u).reshape(u.shape)
         if need_c and gate is not None:
             n = gate.shape[0]
-            idx = ctx.grad_channels
-            if idx is None:
-                rows = (grad_out * out).reshape(n, -1).sum(1)
-                g = gate.reshape(n)
-                grad_c = torch.where(g > 0, rows / torch.where(g > 0, g, torch.ones_like(g)), torch.zeros_like(g))
-            else:
-                grad_c = gate.new_zeros(n)
-                if idx.numel():
-                    rows = (grad_out[idx] * out[idx]).reshape(idx.numel(), -1).sum(1)
-                    grad_c[idx] = rows / gate.reshape(n)[idx]
+            rows = (grad_out * out).reshape(n, -1).sum(1)
+            g = gate.reshape(n)
+            # channels whose gate is exactly 0 get 0 (their hard-concrete sample carries no gradient anyway)
+            grad_c = torch.where(g > 0, rows / torch.where(g > 0, g, torch.ones_like(g)), torch.zeros_like(g))
             grad_c = grad_c.reshape(gate.shape)
-        return (grad_x if need_x else None), grad_u, grad_c, None, None, None
+        return (grad_x if need_x else None), grad_u, grad_c, None, None
 
 
 def nested_quantize(
@@ -173,7 +165,6 @@ def nested_quantize(
     levels: Sequence[int],
     signed: bool,
     channel_gate: Tensor | None = None,
-    grad_channels: Tensor | None = None,
 ) -> Tensor:
     """``channel_gate * sum_l weights[l] * Q_{levels[l]}(clip(x))`` with straight-through gradients.
 
@@ -184,14 +175,13 @@ def nested_quantize(
         levels: bit widths of the computed levels, ascending.
         signed: symmetric ``[-u, u]`` grid if true, else ``[0, u]``.
         channel_gate: optional per-channel multiplier broadcastable to ``x`` (e.g. ``[C, 1, 1, 1]``).
-        grad_channels: optional ``[n]`` indices of the only channels whose ``channel_gate`` gradient is needed.
 
     Returns:
         Tensor of ``x``'s shape.
     """
     levels = tuple(int(b) for b in levels)
     if len(levels) == 1 and levels[0] < FLOAT_BITS and not weights.requires_grad and x.dim() > 0:
-        return _SingleLevelQuantize.apply(x, x_max, channel_gate, levels[0], bool(signed), grad_channels)
+        return _SingleLevelQuantize.apply(x, x_max, channel_gate, levels[0], bool(signed))
     return _NestedQuantize.apply(x, x_max, weights, channel_gate, levels, bool(signed))
 
 
