@@ -74,7 +74,7 @@ def test_conv_subclass_with_unknown_forward_names_layer():
         plan_layers(model, WrapConfig(), torch.zeros(1, 1, 8, 8))
     # excluding it works, and a subclass that does not override forward is supported
     records = plan_layers(model, WrapConfig(exclude=["1.0"]), torch.zeros(1, 1, 8, 8))
-    assert [r.name for r in records] == ["0"]
+    assert [(r.name, r.wrapped) for r in records] == [("0", True), ("1.0", False)]  # excluded: planned, left float
     model2 = nn.Sequential(PlainSubclass(1, 4, 3))
     assert [r.name for r in plan_layers(model2, WrapConfig(), torch.zeros(1, 1, 8, 8))] == ["0"]
 

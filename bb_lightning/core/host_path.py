@@ -30,12 +30,12 @@ def host_sample(log_alpha: list[float], noise: list[float]) -> list[float]:
 @torch.no_grad()
 def channel_gates(log_alpha: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(z [C], fractional channel indices, dz/dlog_alpha at those indices)`` without building a graph."""
-    s = torch.sigmoid((torch.logit(noise, eps=1e-6) + log_alpha) / hc.BETA)
-    pre = s * (hc.HIGH - hc.LOW) + hc.LOW
-    idx = torch.nonzero((pre > 0.0) & (pre < 1.0)).view(-1)
+    s = torch.logit(noise, eps=1e-6).add_(log_alpha).mul_(1.0 / hc.BETA).sigmoid_()
+    z = s.mul(hc.HIGH - hc.LOW).add_(hc.LOW)
+    idx = torch.nonzero(z.sub(0.5).abs_() < 0.5).view(-1)  # 0 < z < 1
     ds = s[idx]
-    dz = ds * (1.0 - ds) * ((hc.HIGH - hc.LOW) / hc.BETA)
-    return pre.clamp_(0.0, 1.0), idx, dz
+    dz = ds.mul_(1.0 - ds).mul_((hc.HIGH - hc.LOW) / hc.BETA)
+    return z.clamp_(0.0, 1.0), idx, dz
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -77,6 +77,7 @@ class HostNested(torch.autograd.Function):
         if z is not None:
             gate = z.view((-1,) + (1,) * (x.dim() - 1))
             out.mul_(gate)
+            ctx.not_one = torch.nonzero(z != 1.0).view(-1)
         ctx.u, ctx.hi, ctx.signed, ctx.bits = u, hi, signed, bits
         ctx.save_for_backward(x, out, gate, idx, dz)
         return out
@@ -87,7 +88,11 @@ class HostNested(torch.autograd.Function):
         u, hi, signed = ctx.u, ctx.hi, ctx.signed
         grad_x = torch.ops.aten.hardtanh_backward(grad_out, x, -hi if signed else 0.0, hi)
         if gate is not None:
-            grad_x.mul_(gate)
+            rows = ctx.not_one
+            if 4 * rows.numel() > gate.shape[0]:
+                grad_x.mul_(gate)
+            elif rows.numel():  # most gate samples are exactly 1: scale only the other output channels
+                grad_x[rows] *= gate[rows]
         g_u = (_dot(grad_out, out) - _dot(grad_x, x)) / u
         grad_w = None
         if ctx.needs_input_grad[2]:

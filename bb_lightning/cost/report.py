@@ -67,8 +67,9 @@ def layer_costs(records: list[LayerRecord], modules: Mapping[str, nn.Module], in
             w_bits = wq.hard_bits()
             mask = wq.keep_mask()
             kept = int(mask.sum()) if mask is not None else channels
-            if m.input_quantizer is not None:
-                a_bits = m.input_quantizer.hard_bits()
+            iq = m.input_quantizer
+            if iq is not None and iq._initialized:  # an uncalibrated input quantizer passes inputs through
+                a_bits = iq.hard_bits()
         out.append(LayerCost(rec.name, rec.macs, rec.params, w_bits, a_bits, kept, channels))
     return out
 

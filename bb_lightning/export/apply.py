@@ -12,7 +12,8 @@ from .config import MixedPrecisionConfig
 
 
 def check_model(model: nn.Module, config: MixedPrecisionConfig) -> None:
-    """Raise `BBConfigError` listing every layer of ``config`` that ``model`` lacks or shapes differently."""
+    """Raise `BBConfigError` listing every mismatch: layers of ``config`` that ``model`` lacks or shapes differently,
+    and conv/linear layers of ``model`` the config does not know (a config names every conv/linear layer)."""
     modules = dict(model.named_modules())
     problems = []
     for name, layer in config.layers.items():
@@ -25,6 +26,11 @@ def check_model(model: nn.Module, config: MixedPrecisionConfig) -> None:
             problems.append(f"`{name}`: weight shape {list(m.weight.shape)}, config has {layer['weight_shape']}")
         elif is_wrapped(m):
             problems.append(f"`{name}`: already quantized")
+    from ..wrap.adapters import is_candidate
+
+    extra = sorted(n for n, m in modules.items() if is_candidate(m) and not is_wrapped(m) and n not in config.layers)
+    if extra:
+        problems.append(f"conv/linear layers not in the config: {extra[:10]}" + (" ..." if len(extra) > 10 else ""))
     if problems:
         raise BBConfigError(
             f"Model `{type(model).__name__}` does not match the MixedPrecisionConfig ({len(problems)} problem(s)): "

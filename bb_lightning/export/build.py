@@ -41,7 +41,7 @@ def build_config(
         }
         if entry["quantized"]:
             entry["weight"] = _tensor_spec(m.weight_quantizer)
-            if m.input_quantizer is not None:
+            if m.input_quantizer is not None and m.input_quantizer._initialized:
                 entry["input"] = _tensor_spec(m.input_quantizer)
             mask = m.weight_quantizer.keep_mask()
             if mask is not None and not bool(mask.all()):

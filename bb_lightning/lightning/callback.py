@@ -19,9 +19,10 @@ from torch import Tensor, nn
 from .._registry import get_method
 from ..config import CostConfig, WrapConfig
 from ..errors import BBConfigError
+from ..cost.report import layer_costs
 from ..export import MixedPrecisionConfig
 from ..wrap.swap import apply_plan, plan_layers
-from .state import CHECKPOINT_KEY, QuantizationState, get_state, resolve_root, set_state
+from .state import CHECKPOINT_KEY, QuantizationState, _init_fields, get_state, resolve_root, set_state
 
 DEFAULT_EXPORT_NAME = "mixed_precision_config.json"
 _GROUP_TAG = "bb_lightning"
@@ -146,31 +147,66 @@ class QuantizationCallback(pl.Callback):
             set_state(pl_module, state)
             n = sum(r.wrapped for r in records)
             rank_zero_info(f"bb_lightning: {self.method} quantizers on {n}/{len(records)} conv/linear layers.")
-        elif state.method != self.method:
-            raise BBConfigError(
-                f"`{type(pl_module).__name__}` is already quantized with `{state.method}`, not `{self.method}`."
-            )
+        else:
+            self._check_same_quantization(pl_module, state)
+            state.set_cost(self.cost)
         if stage == "fit":
             self._patch_configure_optimizers(pl_module, state)
 
+    def _check_same_quantization(self, pl_module: pl.LightningModule, state: QuantizationState) -> None:
+        """An already-quantized module keeps its layers: refuse a callback that would quantize it differently."""
+        if state.method != self.method:
+            raise BBConfigError(
+                f"`{type(pl_module).__name__}` is already quantized with `{state.method}`, not `{self.method}`."
+            )
+        mine = {**_init_fields(self.method_config), **_init_fields(self.wrap)}
+        theirs = {**_init_fields(state.method_config), **_init_fields(state.wrap)}
+        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+        if diff:
+            raise BBConfigError(
+                f"`{type(pl_module).__name__}` is already quantized with different settings "
+                + ", ".join(f"{k}={theirs.get(k)!r} (this callback: {mine[k]!r})" for k in diff)
+                + ". Use the same settings, or start from a fresh model."
+            )
+
     def _patch_configure_optimizers(self, pl_module: pl.LightningModule, state: QuantizationState) -> None:
+        pl_module.__dict__["_bb_callback"] = self  # the callback of the current fit sets the group LRs
         original = pl_module.configure_optimizers
         if getattr(original, "_bb_patched", False):
-            return
+            return  # patched by an earlier fit
+        pl_module.__dict__["_bb_configure_optimizers"] = original
 
         def configure_optimizers() -> Any:
-            result = original()
+            result = pl_module.__dict__["_bb_configure_optimizers"]()
             optimizers = _find_optimizers(result)
             if not optimizers:
                 raise BBConfigError(
                     f"`{type(pl_module).__name__}.configure_optimizers` returned no torch optimizer; the quantizer "
                     "gates and ranges need one."
                 )
-            self._add_param_groups(optimizers[0], state)
+            pl_module.__dict__["_bb_callback"]._add_param_groups(optimizers[0], get_state(pl_module))
             return result
 
         configure_optimizers._bb_patched = True  # type: ignore[attr-defined]
         pl_module.configure_optimizers = configure_optimizers  # type: ignore[method-assign]
+
+        original_step = pl_module.lr_scheduler_step
+
+        def lr_scheduler_step(scheduler: Any, metric: Any) -> None:
+            # The user's schedulers were built before the quantizer groups existed: step them on exactly the
+            # groups they know, so gate/range learning rates stay constant (reference: MNIST/CIFAR recipes).
+            optimizer = getattr(scheduler, "optimizer", None)
+            groups = getattr(optimizer, "param_groups", None)
+            ours = [g for g in groups if g.get(_GROUP_TAG)] if groups is not None else []
+            if ours:
+                groups[:] = [g for g in groups if not g.get(_GROUP_TAG)]
+            try:
+                original_step(scheduler, metric)
+            finally:
+                if ours:
+                    groups.extend(ours)
+
+        pl_module.lr_scheduler_step = lr_scheduler_step  # type: ignore[method-assign]
 
     def _add_param_groups(self, optimizer: torch.optim.Optimizer, state: QuantizationState) -> None:
         """Move every quantizer parameter into its own group(s): own LR, no weight decay (spec 3.8)."""
@@ -180,7 +216,7 @@ class QuantizationCallback(pl.Callback):
             if group.get(_GROUP_TAG):
                 return  # already added (e.g. configure_optimizers called twice)
             group["params"] = [p for p in group["params"] if id(p) not in ids]
-        if "betas" not in optimizer.defaults:
+        if isinstance(optimizer, torch.optim.SGD):
             warnings.warn(
                 f"bb_lightning: your optimizer `{type(optimizer).__name__}` is not adaptive; gate gradients are tiny "
                 "(about 5e-4 at init) and only an Adam-type optimizer moves them at a useful speed (spec 2.7).",
@@ -191,9 +227,31 @@ class QuantizationCallback(pl.Callback):
             group = {"params": params, "lr": lr, "initial_lr": lr, "weight_decay": 0.0, _GROUP_TAG: name}
             optimizer.add_param_group(group)
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.finetune_epochs:
+            max_epochs = trainer.max_epochs
+            if max_epochs is None or max_epochs < 1:
+                raise BBConfigError(
+                    f"`finetune_epochs={self.finetune_epochs}` counts back from `Trainer(max_epochs=...)`, but this "
+                    f"Trainer has max_epochs={max_epochs} (e.g. training by `max_steps`). Set max_epochs, or "
+                    "finetune_epochs=0."
+                )
+            if self.finetune_epochs >= max_epochs:
+                warnings.warn(
+                    f"bb_lightning: finetune_epochs={self.finetune_epochs} >= max_epochs={max_epochs}: the gates are "
+                    "fixed from the first epoch and nothing is searched.",
+                    stacklevel=2,
+                )
+        if self.state(pl_module).frozen:
+            warnings.warn(
+                "bb_lightning: the gates of this model are already fixed (a previous fit ended); this fit trains "
+                "weights and ranges only.",
+                stacklevel=2,
+            )
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         state = self.state(pl_module)
-        if self.finetune_epochs and not state.frozen and trainer.max_epochs is not None:
+        if self.finetune_epochs and not state.frozen and trainer.max_epochs:
             if trainer.current_epoch >= trainer.max_epochs - self.finetune_epochs:
                 state.freeze()
                 rank_zero_info(f"bb_lightning: gates fixed at epoch {trainer.current_epoch}; fine-tuning weights/ranges.")
@@ -205,6 +263,15 @@ class QuantizationCallback(pl.Callback):
             return
         state = self.state(pl_module)
         if state.penalty_calls == 0 and self.cost.strength > 0 and not state.frozen:
+            from .mixin import CostRegularizerMixin
+
+            if isinstance(pl_module, CostRegularizerMixin):
+                raise BBConfigError(
+                    f"The quantization regulariser never reached the loss of `{type(pl_module).__name__}`. It has "
+                    "CostRegularizerMixin, so either `auto_quantization_penalty` is False (add "
+                    "`self.quantization_penalty()` to your loss) or training_step returned something the mixin "
+                    "cannot add to (return a loss tensor or a dict with 'loss')."
+                )
             raise BBConfigError(
                 f"The quantization regulariser never reached the loss of `{type(pl_module).__name__}`, so the search "
                 "would optimise nothing. HINT: add `bb_lightning.CostRegularizerMixin` to your LightningModule "
@@ -232,29 +299,27 @@ class QuantizationCallback(pl.Callback):
         state = self.state(pl_module)
         state.freeze()
         self.config = state.export()
-        self._report(trainer)
-
-    @rank_zero_only
-    def _report(self, trainer: pl.Trainer) -> None:
-        assert self.config is not None
+        # `trainer.log_dir` broadcasts under DDP, so every rank must ask for it, not only rank 0
         root = Path(trainer.log_dir or trainer.default_root_dir)
         path = Path(self.export_path) if self.export_path else root / DEFAULT_EXPORT_NAME
+        self._report(trainer, state, path)
+
+    @rank_zero_only
+    def _report(self, trainer: pl.Trainer, state: QuantizationState, path: Path) -> None:
+        assert self.config is not None
         if not self.overwrite_export:
             path = _unique_path(path)
         self.config_path = self.config.save(path)
         print(f"\nbb_lightning: learned mixed-precision configuration ({self.method})\n{self.config.table()}")
         print(f"bb_lightning: exported to {self.config_path}")
         metrics = {f"bb_final/{k}": float(v) for k, v in self.config.totals.items()}
-        total_bops = sum(float(layer["bops"]) for layer in self.config.layers.values()) or 1.0
-        for name, layer in self.config.layers.items():
-            channels = layer["weight_shape"][0]
-            kept = channels if layer["kept_channels"] is None else len(layer["kept_channels"])
-            w = layer["weight"]["bits"] if layer["quantized"] else 32
-            a = layer["input"]["bits"] if layer["input"] is not None else (self.wrap.input_bits if w else 32)
-            metrics[f"bb_layers/{name}/weight_bits"] = float(w)
-            metrics[f"bb_layers/{name}/input_bits"] = float(a)
-            metrics[f"bb_layers/{name}/kept_channels"] = float(kept)
-            metrics[f"bb_layers/{name}/bops_share"] = float(layer["bops"]) / total_bops
+        costs = layer_costs(state.records, state.modules, self.wrap.input_bits)
+        total_bops = sum(c.bops for c in costs) or 1.0
+        for c in costs:
+            metrics[f"bb_layers/{c.name}/weight_bits"] = float(min(c.w_bits, 32))
+            metrics[f"bb_layers/{c.name}/input_bits"] = float(min(c.a_bits, 32))
+            metrics[f"bb_layers/{c.name}/kept_channels"] = float(c.kept)
+            metrics[f"bb_layers/{c.name}/bops_share"] = c.bops / total_bops
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 

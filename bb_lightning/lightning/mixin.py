@@ -70,9 +70,16 @@ class CostRegularizerMixin:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        step = cls.__dict__.get("training_step")
-        if step is not None and not getattr(step, "_bb_wrapped", False):
-            cls.training_step = _wrap_training_step(step)  # type: ignore[attr-defined]
+        # wrap the training_step this class will run: its own, or one inherited from an existing LightningModule
+        # (`class WithBB(CostRegularizerMixin, MyExistingModule): pass`)
+        step = getattr(cls, "training_step", None)
+        if step is None or getattr(step, "_bb_wrapped", False):
+            return
+        import lightning.pytorch as pl
+
+        if step is pl.LightningModule.training_step:
+            return
+        cls.training_step = _wrap_training_step(step)  # type: ignore[attr-defined]
 
     def quantization_penalty(self) -> Tensor:
         """``strength * sum_k R_k`` over every quantizer (0-dim tensor); 0 when the model is not quantized."""

@@ -70,6 +70,12 @@ class QuantizationState:
                 groups.setdefault(name, []).extend(params)
         return groups
 
+    def set_cost(self, cost: CostConfig) -> None:
+        """Use another regulariser setting (a later fit's callback) on the same quantizers."""
+        if _init_fields(cost) != _init_fields(self.cost):
+            self.cost = cost
+            self.regularizer = CostRegularizer(self.records, self.modules, cost)
+
     def penalty(self) -> Tensor:
         self.penalty_calls += 1
         return self.regularizer()

@@ -45,12 +45,18 @@ class QuantizerBase(nn.Module):
         """Set sign and range from data: signed iff ``min(x) < 0``; ``x_max = max|x|`` (signed) or ``max(x)``.
 
         Recorded choice (spec 1.1): the reference uses ``max(x)`` for signed tensors too, clipping the most negative
-        values; we use ``max|x|`` so nothing is clipped at initialisation.
+        values; we use ``max|x|`` so nothing is clipped at initialisation. Under ``torch.distributed`` input ranges
+        are reduced over all ranks (min of minima, max of maxima), so every rank starts from the same range.
         """
         x = x.detach().float()
         if x.numel() == 0:
             return
         lo, hi = torch.aminmax(x)
+        if self.role == "input" and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every rank must start from the same range (spec pitfall 9): reduce the per-rank first batches
+            both = torch.stack([-lo, hi])
+            torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
+            lo, hi = -both[0], both[1]
         signed = bool(lo < 0)
         u = torch.maximum(hi, -lo) if signed else hi
         self.x_max.copy_(u.clamp_min(1e-8))

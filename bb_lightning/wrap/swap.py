@@ -54,7 +54,10 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
 
 
 def plan_layers(root: nn.Module, cfg: WrapConfig, example: Tensor) -> list[LayerRecord]:
-    """Select the conv/linear layers of ``root`` to quantize and count their MACs on ``example`` (batch first).
+    """Plan every conv/linear layer of ``root`` and count its MACs on ``example`` (batch first).
+
+    Records come in execution order; layers that are excluded, float by policy, or never ran get
+    ``wrapped=False`` (they count as 32-bit in the cost model and appear as float layers in the export).
 
     Raises:
         BBConfigError: no candidate layer, or an ``include`` pattern that matches nothing.
@@ -79,21 +82,22 @@ def plan_layers(root: nn.Module, cfg: WrapConfig, example: Tensor) -> list[Layer
         raise BBConfigError(f"`include`/`exclude` leave no layer of `{type(root).__name__}` to quantize.")
     for n, m in selected.items():
         get_adapter(m, n)  # raises UnsupportedLayerError early, naming the layer
-    counts = count_macs(root, selected, example)
-    skipped = sorted(set(selected) - set(counts))
+    # count every candidate: excluded layers stay float but still cost 32x32-bit BOPs (spec 4.1)
+    counts = count_macs(root, candidates, example)
+    skipped = sorted(n for n in selected if n not in counts)
     if skipped:
         warnings.warn(
             f"These layers did not run through their own forward on the example input and are left float: {skipped}",
             stacklevel=2,
         )
     ordered = sorted(counts, key=lambda n: counts[n].order)
-    if not ordered:
+    if not any(n in selected for n in ordered):
         raise BBConfigError(f"None of the selected layers of `{type(root).__name__}` ran on the example input.")
     records = []
     for i, name in enumerate(ordered):
-        m = selected[name]
+        m = candidates[name]
         first, last = i == 0, i == len(ordered) - 1
-        wrapped, q_in, prune = True, cfg.quantize_activations, True
+        wrapped, q_in, prune = name in selected, cfg.quantize_activations, True
         if first:
             if cfg.first_layer == FirstLayer.FLOAT:
                 wrapped = False
@@ -117,6 +121,11 @@ def plan_layers(root: nn.Module, cfg: WrapConfig, example: Tensor) -> list[Layer
                 is_last=last,
             )
         )
+    # layers that never ran (e.g. nn.MultiheadAttention.out_proj): float, 0 MACs, listed so the export names
+    # every conv/linear of the model
+    for name in sorted(set(candidates) - set(counts)):
+        m = candidates[name]
+        records.append(LayerRecord(name, type(m).__name__, tuple(m.weight.shape), 0, False, False, False))
     if not any(r.wrapped for r in records):
         raise BBConfigError("The first/last-layer policies leave no layer to quantize.")
     return records

@@ -161,7 +161,19 @@ def wrapped_lenet(gate_init=(6, 6, -6, -6), prune=True, prune_init=6.0):
     recs = plan_layers(net, WrapConfig(), torch.zeros(1, 1, 28, 28))
     cfg = BayesianBitsConfig(gate_init=gate_init, prune=prune, prune_init=prune_init)
     mods = apply_plan(net, recs, "bayesian_bits", cfg)
+    net.train()
+    with torch.no_grad():
+        net(torch.rand(2, 1, 28, 28))  # calibrate the input ranges, as the first training batch does
     return net, recs, mods
+
+
+def test_uncalibrated_inputs_count_as_float():
+    torch.manual_seed(0)
+    net = lenet5()
+    recs = plan_layers(net, WrapConfig(), torch.zeros(1, 1, 28, 28))
+    mods = apply_plan(net, recs, "bayesian_bits", BayesianBitsConfig(gate_init=(6, 6, -6, -6)))
+    # no training forward yet: input quantizers pass inputs through, so they must not be reported as 8-bit
+    assert [(c.w_bits, c.a_bits) for c in layer_costs(recs, mods, input_bits=8)] == [(8, 8)] + [(8, 32)] * 3
 
 
 def test_lenet5_macs():
@@ -342,6 +354,9 @@ def test_unwrapped_layers_count_as_float():
     assert [r.wrapped for r in recs] == [False, True, True, False]
     mods = apply_plan(net, recs, "bayesian_bits", BayesianBitsConfig(gate_init=(6, 6, -6, -6)))
     assert set(mods) == {"3", "5"}
+    net.train()
+    with torch.no_grad():
+        net(torch.rand(2, 3, 16, 16))  # calibrate the input ranges
     costs = layer_costs(recs, mods, input_bits=8)
     assert [(c.w_bits, c.a_bits) for c in costs] == [(32, 8), (8, 8), (8, 8), (32, 32)]
 

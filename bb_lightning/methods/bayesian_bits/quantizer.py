@@ -108,13 +108,15 @@ class BayesianBitsQuantizer(QuantizerBase):
             if not self.training:
                 return x  # not calibrated yet (e.g. Lightning's sanity check): pass through
             self.init_range(x)
-        with torch.autocast(x.device.type, enabled=False):
-            xf = x.float()
-            if self.frozen or not self.training:
-                out = self._deterministic_forward(xf)
-            else:
-                out = self._stochastic_forward(xf)
-        return out.to(x.dtype)
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):  # quantizer maths stay float32 under AMP
+                return self._forward(x.float()).to(x.dtype)
+        return self._forward(x.float()).to(x.dtype)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        if self.frozen or not self.training:
+            return self._deterministic_forward(x)
+        return self._stochastic_forward(x)
 
     def _channel_view(self, t: Tensor, ndim: int) -> Tensor:
         return t.view((-1,) + (1,) * (ndim - 1))
