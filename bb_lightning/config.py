@@ -71,7 +71,11 @@ class WrapConfig:
         self.last_layer = _enum(LastLayer, "last_layer", self.last_layer)
         self.include_patterns = _patterns("include", self.include)
         self.exclude_patterns = _patterns("exclude", self.exclude)
-        if not isinstance(self.input_bits, int) or not 1 <= self.input_bits <= 32:
+        if not isinstance(self.quantize_activations, bool):
+            raise BBConfigError(
+                f"Expected argument `quantize_activations` to be true or false, but got {self.quantize_activations!r}."
+            )
+        if isinstance(self.input_bits, bool) or not isinstance(self.input_bits, int) or not 1 <= self.input_bits <= 32:
             raise BBConfigError(f"Expected argument `input_bits` to be an int in [1, 32], but got {self.input_bits!r}.")
 
 
@@ -90,6 +94,10 @@ class CostConfig:
 
     def __post_init__(self) -> None:
         self.kind = _enum(CostKind, "regularizer", self.kind)
-        if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) or not self.strength >= 0:
-            raise BBConfigError(f"Expected argument `strength` to be a float >= 0, but got {self.strength!r}.")
+        if (
+            isinstance(self.strength, bool)
+            or not isinstance(self.strength, (int, float))
+            or not 0 <= self.strength < float("inf")
+        ):
+            raise BBConfigError(f"Expected argument `strength` to be a finite float >= 0, but got {self.strength!r}.")
         self.strength = float(self.strength)

@@ -181,3 +181,58 @@ def test_config_load_checks_model(tmp_path):
     bad = nn.Sequential(nn.Conv2d(1, 4, 5), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
     with pytest.raises(BBConfigError, match=r"cfg.json.*`0`: weight shape \[4, 1, 5, 5\]"):
         MixedPrecisionConfig.load(path, model=bad)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"bits": ("a",)}, r"`bits`"),
+        ({"gate_init": "abc"}, r"`gate_init`"),
+        ({"gate_init": float("nan")}, r"`gate_init`"),
+        ({"eval_threshold": "0.3"}, r"`eval_threshold`"),
+        ({"prune": "false"}, r"`prune`.*true or false"),
+        ({"quantize_activations": "no"}, r"`quantize_activations`"),
+        ({"strength": float("inf")}, r"`strength`.*finite"),
+        ({"prune_init": float("inf")}, r"`prune_init`"),
+        ({"export_path": 5}, r"`export_path`"),
+        ({"overwrite_export": "yes"}, r"`overwrite_export`"),
+        ({"gate_lr": float("inf")}, r"`gate_lr`"),
+    ],
+)
+def test_more_callback_argument_errors(kwargs, match):
+    with pytest.raises(BBConfigError, match=match):
+        BayesianBits(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda d: d.update(model=5), r"model.*expected an object"),
+        (lambda d: d.update(input_bits="x"), r"input_bits"),
+        (lambda d: d.update(method=3), r"method"),
+        (lambda d: d["layers"]["3"].update(kept_channels=[True]), r"kept_channels"),
+        (lambda d: d["layers"]["0"].update(weight_shape=[True, 1, 3, 3]), r"weight_shape"),
+        (lambda d: d["layers"]["0"]["weight"].update(range=[0.0, float("inf")]), r"range"),
+    ],
+)
+def test_more_config_schema_errors(tmp_path, mutate, match):
+    d = _config().to_dict()
+    mutate(d)
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(BBConfigError, match=match):
+        MixedPrecisionConfig.load(path)
+
+
+def test_apply_config_rejects_a_model_with_extra_layers():
+    import timm
+
+    small = timm.create_model("test_resnet", num_classes=10)
+    records = plan_layers(small, WrapConfig(), torch.zeros(1, 3, 32, 32))
+    modules = apply_plan(small, records, "bayesian_bits", BayesianBitsConfig())
+    from bb_lightning.export import build_config
+
+    cfg = build_config(records, modules, "bayesian_bits", 8, "ResNet")
+    bigger = timm.create_model("test_resnet", num_classes=10, layers=(2, 2, 2, 2))
+    with pytest.raises(BBConfigError, match=r"conv/linear layers not in the config: \['layer1.1.conv1'"):
+        apply_config(bigger, cfg)

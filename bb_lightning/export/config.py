@@ -31,6 +31,7 @@ Bit widths: ``0`` = every output channel pruned, ``2 .. 16`` quantized, ``32`` =
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -43,6 +44,10 @@ FORMAT = "bb_lightning.mixed_precision_config"
 VERSION = 1
 _LAYER_KEYS = {"type", "weight_shape", "macs", "quantized", "weight", "input", "kept_channels", "bops"}
 _TENSOR_KEYS = {"bits", "signed", "range"}
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _fail(where: str, msg: str) -> BBConfigError:
@@ -64,7 +69,7 @@ def _check_tensor(where: str, spec: Any) -> dict[str, Any]:
     if (
         not isinstance(rng, list)
         or len(rng) != 2
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rng)
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in rng)
         or not rng[1] > 0
     ):
         raise _fail(f"{where}.range", f"expected [lo, hi] numbers with hi > 0, got {rng!r}")
@@ -79,7 +84,7 @@ def _check_layer(name: str, d: Any) -> dict[str, Any]:
     if missing or unknown:
         raise _fail(where, f"missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
     shape = d["weight_shape"]
-    if not isinstance(shape, list) or not shape or not all(isinstance(v, int) and v > 0 for v in shape):
+    if not isinstance(shape, list) or not shape or not all(_int(v) and v > 0 for v in shape):
         raise _fail(f"{where}.weight_shape", f"expected a list of positive ints, got {shape!r}")
     if not isinstance(d["quantized"], bool):
         raise _fail(f"{where}.quantized", f"expected true/false, got {d['quantized']!r}")
@@ -89,7 +94,7 @@ def _check_layer(name: str, d: Any) -> dict[str, Any]:
             _check_tensor(f"{where}.input", d["input"])
     kept = d["kept_channels"]
     if kept is not None and (
-        not isinstance(kept, list) or not all(isinstance(i, int) and 0 <= i < shape[0] for i in kept)
+        not isinstance(kept, list) or not all(_int(i) and 0 <= i < shape[0] for i in kept)
     ):
         raise _fail(f"{where}.kept_channels", f"expected null or a list of channel indices < {shape[0]}")
     return d
@@ -140,6 +145,13 @@ class MixedPrecisionConfig:
             layers = {name: _check_layer(name, spec) for name, spec in d["layers"].items()}
             if not isinstance(d["totals"], dict):
                 raise _fail("totals", "expected an object")
+            if not isinstance(d["method"], str) or not d["method"]:
+                raise _fail("method", f"expected a method name, got {d['method']!r}")
+            if not isinstance(d.get("model", {}), dict):
+                raise _fail("model", f"expected an object, got {type(d['model']).__name__}")
+            input_bits = d.get("input_bits", 8)
+            if not _int(input_bits) or not 1 <= input_bits <= 32:
+                raise _fail("input_bits", f"expected an integer in [1, 32], got {input_bits!r}")
             return cls(
                 method=str(d["method"]),
                 layers=layers,

@@ -6,6 +6,7 @@ class's constructor.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ _GROUP_TAG = "bb_lightning"
 
 
 def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
         raise BBConfigError(f"Expected argument `{name}` to be a float > 0, but got {value!r}.")
     return float(value)
 
@@ -79,8 +80,12 @@ class QuantizationCallback(pl.Callback):
         if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
             raise BBConfigError(f"Expected argument `finetune_epochs` to be an int >= 0, but got {finetune_epochs!r}.")
         self.finetune_epochs = finetune_epochs
+        if export_path is not None and not isinstance(export_path, (str, os.PathLike)):
+            raise BBConfigError(f"Expected argument `export_path` to be a file path or None, but got {export_path!r}.")
         self.export_path = export_path
-        self.overwrite_export = bool(overwrite_export)
+        if not isinstance(overwrite_export, bool):
+            raise BBConfigError(f"Expected argument `overwrite_export` to be true or false, got {overwrite_export!r}.")
+        self.overwrite_export = overwrite_export
         if model_attr is not None and not isinstance(model_attr, str):
             raise BBConfigError(f"Expected argument `model_attr` to be a str or None, but got {model_attr!r}.")
         self.model_attr = model_attr

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ...core.hard_concrete import EVAL_THRESHOLD
 from ...errors import BBConfigError
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass
@@ -35,6 +41,10 @@ class BayesianBitsConfig:
     _gate_init: tuple[float, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.bits, (str, bytes)) or not all(
+            isinstance(b, int) and not isinstance(b, bool) for b in self.bits
+        ):
+            raise BBConfigError(f"Expected argument `bits` to be a sequence of ints like (2, 4, 8, 16, 32), got {self.bits!r}.")
         bits = tuple(int(b) for b in self.bits)
         if len(bits) < 2 or bits[0] != 2 or any(b2 != 2 * b1 for b1, b2 in zip(bits, bits[1:])) or bits[-1] > 32:
             raise BBConfigError(
@@ -46,21 +56,29 @@ class BayesianBitsConfig:
         if self.gate_init is None:
             # start at the highest non-float width: the float (32-bit) gate is cut off from the start
             init = tuple(-6.0 if b >= 32 else 6.0 for b in bits[1:])
-        elif isinstance(self.gate_init, (int, float)):
+        elif _is_number(self.gate_init):
             init = (float(self.gate_init),) * n
         else:
+            if isinstance(self.gate_init, (str, bytes)) or not all(_is_number(v) for v in self.gate_init):
+                raise BBConfigError(
+                    f"Expected argument `gate_init` to be one float or {n} floats, but got {self.gate_init!r}."
+                )
             init = tuple(float(v) for v in self.gate_init)
             if len(init) != n:
                 raise BBConfigError(
                     f"Expected argument `gate_init` to be one float or {n} floats (one per doubling gate "
                     f"{list(bits[1:])}), but got {tuple(self.gate_init)}."
                 )
+        if not all(math.isfinite(v) for v in init):
+            raise BBConfigError(f"Expected argument `gate_init` to be finite, but got {self.gate_init!r}.")
         self._gate_init = init
-        if not 0.0 < self.eval_threshold < 1.0:
-            raise BBConfigError(f"Expected argument `eval_threshold` in (0, 1), but got {self.eval_threshold}.")
+        if not _is_number(self.eval_threshold) or not 0.0 < self.eval_threshold < 1.0:
+            raise BBConfigError(f"Expected argument `eval_threshold` in (0, 1), but got {self.eval_threshold!r}.")
+        if not isinstance(self.prune, bool):
+            raise BBConfigError(f"Expected argument `prune` to be true or false, but got {self.prune!r}.")
         for name in ("prune_init", "gate_cutoff"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value != value:
+            if not _is_number(value) or not math.isfinite(value):
                 raise BBConfigError(f"Expected argument `{name}` to be a finite float, but got {value!r}.")
 
     @property
