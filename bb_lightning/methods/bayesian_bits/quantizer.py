@@ -59,7 +59,7 @@ class BayesianBitsQuantizer(QuantizerBase):
         self._det_key: tuple | None = None
         self._det: tuple[int, Tensor | None] = (0, None)
         self._host_alive = self._count_alive()
-        self._host_masks: dict[tuple, Tensor] = {}
+        self._host_mask_cache: tuple[tuple, Tensor] | None = None
 
     # ----- gates ------------------------------------------------------------------------------------------
     @property
@@ -127,12 +127,12 @@ class BayesianBitsQuantizer(QuantizerBase):
         return nested_quantize(x, self.x_max, x.new_ones(1), (self.bits[n_on],), self._signed, cg)
 
     def _host_mask(self, device: torch.device) -> Tensor:
+        """``[K]`` float mask of the doubling gates not cut off at the last refresh, cached on ``device``."""
         key = (device, self._host_alive)
-        mask = self._host_masks.get(key)
-        if mask is None:
+        if self._host_mask_cache is None or self._host_mask_cache[0] != key:
             mask = (torch.arange(self.num_gates) < self._host_alive).to(device=device, dtype=torch.float32)
-            self._host_masks = {key: mask}
-        return mask
+            self._host_mask_cache = (key, mask)
+        return self._host_mask_cache[1]
 
     def _stochastic_forward(self, x: Tensor) -> Tensor:
         k = self.num_gates
