@@ -2,7 +2,7 @@
 
 Conventions (Bayesian Bits spec, sections 1.1-1.8):
 
-* ``u = x_max`` is the only range parameter. Signed tensors use ``[-u, u]``, unsigned ones ``[0, u]``;
+* ``u = max(|x_max|, 1e-8)`` is the only range parameter (`effective_range`). Signed tensors use ``[-u, u]``, unsigned ones ``[0, u]``;
   the range width is ``R = 2u`` or ``R = u``.
 * Inputs are clipped to ``[lo', hi']`` with ``hi' = (1 - 1e-7) u`` (keeps the top value off a rounding tie).
 * A ``b``-bit level is ``Q_b(x) = s_b * round(x_c / s_b)`` with ``s_b = R / (2^b - 1)``: signed tensors get the
@@ -27,6 +27,12 @@ from torch import Tensor
 CLIP_SHRINK: float = 1.0 - 1e-7
 #: Smallest range used in the forward pass (guards ``u = 0`` on dead tensors).
 MIN_RANGE: float = 1e-8
+
+
+def effective_range(x_max: Tensor) -> Tensor:
+    """The range actually used, ``u = max(|x_max|, MIN_RANGE)``: a learned range can shrink towards 0 but never
+    invert; ``d u / d x_max = sign(x_max)``."""
+    return x_max.abs().clamp_min(MIN_RANGE)
 #: Bit widths at or above this are treated as float (identity after clipping).
 FLOAT_BITS: int = 32
 
@@ -64,7 +70,8 @@ def _reduce_to(t: Tensor, shape: torch.Size) -> Tensor:
 class _NestedQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, x_max, weights, channel_gate, levels, signed):  # type: ignore[override]
-        u = x_max.clamp_min(MIN_RANGE)
+        u = effective_range(x_max)
+        ctx.u_sign = torch.sign(x_max)
         hi, lo = _bounds(u, signed)
         xc = torch.clamp(x, lo, hi) if signed else torch.clamp(x, min=0.0).minimum(hi)
         if len(levels) == 1:
@@ -99,7 +106,7 @@ class _NestedQuantize(torch.autograd.Function):
             clip = torch.sum(g * above)
             if signed:
                 clip = clip - torch.sum(g * below)
-            grad_u = (rounding + CLIP_SHRINK * clip).reshape(u.shape)
+            grad_u = ((rounding + CLIP_SHRINK * clip) * ctx.u_sign).reshape(u.shape)
         if need_w:
             grad_w = torch.stack([torch.sum(_level(xc, u, b, signed).mul_(g)) for b in levels])
         if need_c and channel_gate is not None:
@@ -121,7 +128,8 @@ class _SingleLevelQuantize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, x_max, channel_gate, bits, signed):  # type: ignore[override]
-        u = x_max.clamp_min(MIN_RANGE)
+        u = effective_range(x_max)
+        ctx.u_sign = torch.sign(x_max)
         s = scale(u, bits, signed)
         top = float(num_steps(bits)) / (2.0 if signed else 1.0) * CLIP_SHRINK  # hi' / s
         out = torch.div(x, s)
@@ -147,7 +155,7 @@ class _SingleLevelQuantize(torch.autograd.Function):
         grad_u = grad_c = None
         if need_u:
             grad_u = ((torch.dot(grad_out.reshape(-1), out.reshape(-1)) - torch.dot(grad_x.reshape(-1), x.reshape(-1)))
-                      / u).reshape(u.shape)
+                      / u * ctx.u_sign).reshape(u.shape)
         if need_c and gate is not None:
             n = gate.shape[0]
             rows = (grad_out * out).reshape(n, -1).sum(1)

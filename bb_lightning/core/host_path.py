@@ -61,7 +61,8 @@ class HostNested(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, x_max, w, w_host, prune_log_alpha, z, idx, dz, bits, signed):  # type: ignore[override]
-        u = max(float(x_max), MIN_RANGE)
+        raw = float(x_max)
+        u = max(abs(raw), MIN_RANGE)  # fake_quant.effective_range
         hi = u * CLIP_SHRINK
         if len(bits) == 1 and bits[0] < FLOAT_BITS:
             out = _codes(x, u, bits[0], signed).mul_(_step(u, bits[0], signed))
@@ -78,7 +79,7 @@ class HostNested(torch.autograd.Function):
             gate = z.view((-1,) + (1,) * (x.dim() - 1))
             out.mul_(gate)
             ctx.not_one = torch.nonzero(z != 1.0).view(-1)
-        ctx.u, ctx.hi, ctx.signed, ctx.bits = u, hi, signed, bits
+        ctx.u, ctx.hi, ctx.signed, ctx.bits, ctx.u_sign = u, hi, signed, bits, (1.0 if raw >= 0 else -1.0)
         ctx.save_for_backward(x, out, gate, idx, dz)
         return out
 
@@ -109,7 +110,7 @@ class HostNested(torch.autograd.Function):
             if idx.numel():
                 rows = (grad_out[idx] * out[idx]).reshape(idx.numel(), -1).sum(1)
                 grad_la[idx] = rows / gate.view(-1)[idx] * dz
-        return grad_x, g_u.reshape(()), grad_w, None, grad_la, None, None, None, None, None
+        return grad_x, (g_u * ctx.u_sign).reshape(()), grad_w, None, grad_la, None, None, None, None, None
 
 
 def _step(u: float, bits: int, signed: bool) -> float:

@@ -12,6 +12,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from ..core.fake_quant import effective_range
+
 Role = Literal["weight", "input"]
 
 
@@ -65,8 +67,8 @@ class QuantizerBase(nn.Module):
         self._signed, self._initialized = signed, True
 
     def range(self) -> tuple[float, float]:
-        """The clip range ``(lo, hi)`` in the tensor's units."""
-        u = float(self.x_max.detach())
+        """The clip range ``(lo, hi)`` in the tensor's units, as used in the forward pass."""
+        u = float(effective_range(self.x_max.detach()))
         return (-u if self._signed else 0.0), u
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]

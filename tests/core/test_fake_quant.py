@@ -556,3 +556,42 @@ def test_host_nested_matches_general_kernel(signed, bits):
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
     for name, a, b in zip(("x", "u", "w", "log_alpha"), got, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"grad {n}: {m}")
+
+
+@pytest.mark.parametrize("path", ["single", "general", "host"])
+def test_negative_range_parameter_acts_as_its_magnitude(path):
+    """A learned x_max that trained through 0 must not invert the range: u = |x_max|, du/dx_max = sign(x_max)."""
+    from bb_lightning.core.fake_quant import _NestedQuantize, _SingleLevelQuantize
+    from bb_lightning.core.host_path import HostNested
+
+    x = torch.linspace(-1.5, 1.5, 61)
+    G = torch.randn(61, generator=torch.Generator().manual_seed(3))
+
+    def run(xm):
+        u = torch.tensor(xm, requires_grad=True)
+        if path == "single":
+            out = _SingleLevelQuantize.apply(x, u, None, 4, True)
+        elif path == "general":
+            out = _NestedQuantize.apply(x, u, torch.ones(1, requires_grad=True), None, (4,), True)
+        else:
+            out = HostNested.apply(x, u, None, [1.0], None, None, None, None, [4], True)
+        (gu,) = torch.autograd.grad((out * G).sum(), u)
+        return out.detach(), gu
+
+    pos, gpos = run(0.8)
+    neg, gneg = run(-0.8)
+    torch.testing.assert_close(neg, pos, rtol=0, atol=0)
+    torch.testing.assert_close(gneg, -gpos)
+
+
+def test_exported_range_is_the_effective_one():
+    from bb_lightning.methods.bayesian_bits import BayesianBitsConfig, BayesianBitsQuantizer
+
+    q = BayesianBitsQuantizer(BayesianBitsConfig(), "input")
+    q.init_range(torch.rand(10))
+    with torch.no_grad():
+        q.x_max.fill_(-0.25)
+    assert q.range() == (0.0, 0.25)
+    with torch.no_grad():
+        q.x_max.fill_(0.0)
+    assert q.range()[1] > 0
