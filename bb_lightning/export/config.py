@@ -54,14 +54,19 @@ def _fail(where: str, msg: str) -> BBConfigError:
     return BBConfigError(f"{where}: {msg}")
 
 
-def _check_tensor(where: str, spec: Any) -> dict[str, Any]:
-    if not isinstance(spec, dict):
-        raise _fail(where, f"expected an object with keys {sorted(_TENSOR_KEYS)}, got {type(spec).__name__}")
-    missing, unknown = _TENSOR_KEYS - spec.keys(), spec.keys() - _TENSOR_KEYS
+def _check_keys(where: str, d: Any, keys: set[str]) -> None:
+    """``d`` must be a JSON object with exactly ``keys``."""
+    if not isinstance(d, dict):
+        raise _fail(where, f"expected an object with keys {sorted(keys)}, got {type(d).__name__}")
+    missing, unknown = keys - d.keys(), d.keys() - keys
     if missing or unknown:
         raise _fail(where, f"missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
+
+
+def _check_tensor(where: str, spec: Any) -> dict[str, Any]:
+    _check_keys(where, spec, _TENSOR_KEYS)
     bits = spec["bits"]
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 0:
+    if not _int(bits) or bits < 0:
         raise _fail(f"{where}.bits", f"expected an integer >= 0 (0 = pruned, 32 = float), got {bits!r}")
     if not isinstance(spec["signed"], bool):
         raise _fail(f"{where}.signed", f"expected true/false, got {spec['signed']!r}")
@@ -78,11 +83,7 @@ def _check_tensor(where: str, spec: Any) -> dict[str, Any]:
 
 def _check_layer(name: str, d: Any) -> dict[str, Any]:
     where = f"layers[{name!r}]"
-    if not isinstance(d, dict):
-        raise _fail(where, f"expected an object, got {type(d).__name__}")
-    missing, unknown = _LAYER_KEYS - d.keys(), d.keys() - _LAYER_KEYS
-    if missing or unknown:
-        raise _fail(where, f"missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
+    _check_keys(where, d, _LAYER_KEYS)
     shape = d["weight_shape"]
     if not isinstance(shape, list) or not shape or not all(_int(v) and v > 0 for v in shape):
         raise _fail(f"{where}.weight_shape", f"expected a list of positive ints, got {shape!r}")
