@@ -78,7 +78,6 @@ class HostNested(torch.autograd.Function):
         if z is not None:
             gate = z.view((-1,) + (1,) * (x.dim() - 1))
             out.mul_(gate)
-            ctx.not_one = torch.nonzero(z != 1.0).view(-1)
         ctx.u, ctx.hi, ctx.signed, ctx.bits, ctx.u_sign = u, hi, signed, bits, (1.0 if raw >= 0 else -1.0)
         ctx.save_for_backward(x, out, gate, idx, dz)
         return out
@@ -89,11 +88,7 @@ class HostNested(torch.autograd.Function):
         u, hi, signed = ctx.u, ctx.hi, ctx.signed
         grad_x = torch.ops.aten.hardtanh_backward(grad_out, x, -hi if signed else 0.0, hi)
         if gate is not None:
-            rows = ctx.not_one
-            if 4 * rows.numel() > gate.shape[0]:
-                grad_x.mul_(gate)
-            elif rows.numel():  # most gate samples are exactly 1: scale only the other output channels
-                grad_x[rows] *= gate[rows]
+            grad_x.mul_(gate)
         g_u = (_dot(grad_out, out) - _dot(grad_x, x)) / u
         grad_w = None
         if ctx.needs_input_grad[2]:

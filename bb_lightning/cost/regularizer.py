@@ -40,6 +40,16 @@ class CostRegularizer:
             self.terms.append((m.weight_quantizer, w_scale))
             if m.input_quantizer is not None:
                 self.terms.append((m.input_quantizer, a_scale))
+        # grouped once: classes with a `batched_penalty` are summed in one call per (class, bit chain)
+        self._groups: dict[tuple, tuple[list[nn.Module], list[float]]] = {}
+        self._loose: list[tuple[nn.Module, float]] = []
+        for q, scale in self.terms:
+            if hasattr(type(q), "batched_penalty"):
+                qs, cs = self._groups.setdefault((type(q), getattr(q, "bits", None)), ([], []))
+                qs.append(q)
+                cs.append(scale)
+            else:
+                self._loose.append((q, scale))
 
     def raw(self) -> Tensor:
         """``sum_k R_k`` without the strength (the quantity of the spec's table 3.7).
@@ -47,19 +57,10 @@ class CostRegularizer:
         Quantizer classes with a ``batched_penalty(quantizers, scales)`` static method are summed in one call per
         class (a few tensor ops instead of a few per quantizer); others through their ``penalty``.
         """
-        groups: dict[tuple, tuple[list[nn.Module], list[float]]] = {}
-        loose = []
-        for q, scale in self.terms:
-            if hasattr(type(q), "batched_penalty"):
-                key = (type(q), getattr(q, "bits", None))
-                qs, cs = groups.setdefault(key, ([], []))
-                qs.append(q)
-                cs.append(scale)
-            else:
-                loose.append(q.penalty(scale))
         parts = [
-            type(qs[0]).batched_penalty(qs, cs, self._caches.setdefault(key, {})) for key, (qs, cs) in groups.items()
-        ] + loose
+            type(qs[0]).batched_penalty(qs, cs, self._caches.setdefault(key, {}))
+            for key, (qs, cs) in self._groups.items()
+        ] + [q.penalty(scale) for q, scale in self._loose]
         return torch.stack(parts).sum()
 
     def __call__(self) -> Tensor:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from .._registry import get_method
 from ..config import CostConfig, WrapConfig
 from ..errors import BBConfigError
-from ..cost.report import layer_costs
+from ..cost.report import cost_totals, layer_costs
 from ..export import MixedPrecisionConfig
 from ..wrap.swap import apply_plan, plan_layers
 from .state import CHECKPOINT_KEY, QuantizationState, _init_fields, get_state, resolve_root, set_state
@@ -289,7 +289,7 @@ class QuantizationCallback(pl.Callback):
         if trainer.sanity_checking:
             return
         state = self.state(pl_module)
-        totals = state.export().totals
+        totals = cost_totals(layer_costs(state.records, state.modules, self.wrap.input_bits))
         metrics = {
             "bb/relative_bops": totals["relative_bops"],
             "bb/weight_memory_bytes": totals["weight_memory_bytes"],
@@ -352,4 +352,4 @@ class QuantizationCallback(pl.Callback):
             state.freeze()
 
 
-__all__ = ["QuantizationCallback", "apply_plan"]
+__all__ = ["QuantizationCallback"]
