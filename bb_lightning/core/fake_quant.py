@@ -42,10 +42,16 @@ def num_steps(bits: int) -> int:
     return (1 << bits) - 1
 
 
-def scale(x_max: Tensor, bits: int, signed: bool) -> Tensor:
-    """Grid step ``s_b = R / (2^b - 1)`` with ``R = 2 x_max`` (signed) or ``x_max`` (unsigned)."""
+def scale(x_max: Tensor | float, bits: int, signed: bool) -> Tensor | float:
+    """Grid step ``s_b = R / (2^b - 1)`` with ``R = 2 x_max`` (signed) or ``x_max`` (unsigned); tensor or float."""
     width = 2.0 * x_max if signed else x_max
     return width / num_steps(bits)
+
+
+def codes(x: Tensor, u: Tensor | float, bits: int, signed: bool) -> Tensor:
+    """Integer codes ``round(clamp(x / s_b))`` (clip at ``(1 - 1e-7) u``) as a new float tensor, 3 in-place passes."""
+    top = float(num_steps(bits)) / (2.0 if signed else 1.0) * CLIP_SHRINK  # hi' / s
+    return torch.div(x, scale(u, bits, signed)).clamp_(-top if signed else 0.0, top).round_()
 
 
 def _bounds(u: Tensor, signed: bool) -> tuple[Tensor, Tensor | float]:
@@ -131,10 +137,7 @@ class _SingleLevelQuantize(torch.autograd.Function):
         u = effective_range(x_max)
         ctx.u_sign = torch.sign(x_max)
         s = scale(u, bits, signed)
-        top = float(num_steps(bits)) / (2.0 if signed else 1.0) * CLIP_SHRINK  # hi' / s
-        out = torch.div(x, s)
-        out.clamp_(-top if signed else 0.0, top).round_()
-        out.mul_(channel_gate * s if channel_gate is not None else s)
+        out = codes(x, u, bits, signed).mul_(channel_gate * s if channel_gate is not None else s)
         ctx.signed = signed
         ctx.save_for_backward(x, u, out, channel_gate)
         return out

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from . import hard_concrete as hc
-from .fake_quant import CLIP_SHRINK, FLOAT_BITS, MIN_RANGE, num_steps
+from .fake_quant import CLIP_SHRINK, FLOAT_BITS, MIN_RANGE, codes, scale
 
 
 def host_sample(log_alpha: list[float], noise: list[float]) -> list[float]:
@@ -65,14 +65,14 @@ class HostNested(torch.autograd.Function):
         u = max(abs(raw), MIN_RANGE)  # fake_quant.effective_range
         hi = u * CLIP_SHRINK
         if len(bits) == 1 and bits[0] < FLOAT_BITS:
-            out = _codes(x, u, bits[0], signed).mul_(_step(u, bits[0], signed))
+            out = codes(x, u, bits[0], signed).mul_(scale(u, bits[0], signed))
         else:
             xc = torch.clamp(x, -hi if signed else 0.0, hi)
             out = None
             for b, wl in zip(bits, w_host):
                 if wl == 0.0:
                     continue  # kept only for a fractional gate's gradient
-                term = xc if b >= FLOAT_BITS else _codes(xc, u, b, signed).mul_(_step(u, b, signed))
+                term = xc if b >= FLOAT_BITS else codes(xc, u, b, signed).mul_(scale(u, b, signed))
                 out = term * wl if out is None else out.add_(term, alpha=wl)
         gate = None
         if z is not None:
@@ -96,7 +96,7 @@ class HostNested(torch.autograd.Function):
             xc = torch.clamp(x, -hi if signed else 0.0, hi)
             parts = []
             for b in ctx.bits:
-                level = xc if b >= FLOAT_BITS else _codes(xc, u, b, signed).mul_(_step(u, b, signed))
+                level = xc if b >= FLOAT_BITS else codes(xc, u, b, signed).mul_(scale(u, b, signed))
                 parts.append(_dot(g, level))
             grad_w = torch.stack(parts)
         grad_la = None
@@ -106,13 +106,3 @@ class HostNested(torch.autograd.Function):
                 rows = (grad_out[idx] * out[idx]).reshape(idx.numel(), -1).sum(1)
                 grad_la[idx] = rows / gate.view(-1)[idx] * dz
         return grad_x, (g_u * ctx.u_sign).reshape(()), grad_w, None, grad_la, None, None, None, None, None
-
-
-def _step(u: float, bits: int, signed: bool) -> float:
-    return (2.0 * u if signed else u) / num_steps(bits)
-
-
-def _codes(x: Tensor, u: float, bits: int, signed: bool) -> Tensor:
-    """``round(clamp(x / s_b))`` as a new tensor (3 in-place passes)."""
-    top = float(num_steps(bits)) / (2.0 if signed else 1.0) * CLIP_SHRINK
-    return torch.mul(x, 1.0 / _step(u, bits, signed)).clamp_(-top if signed else 0.0, top).round_()

@@ -49,7 +49,7 @@ class FixedQuantizer(QuantizerBase):
     def hard_bits(self) -> int:
         if self.keep is not None and not bool(self.keep.any()):
             return 0
-        return self.bits if self.bits > 0 else 0
+        return self.bits
 
     def keep_mask(self) -> Tensor | None:
         return None if self.keep is None else self.keep.clone()

@@ -119,9 +119,9 @@ def is_candidate(module: nn.Module) -> bool:
     return isinstance(module, QUANTIZABLE_BASES)
 
 
-def get_adapter(module: nn.Module, name: str = "") -> LayerAdapter:
-    """The adapter for ``module``; raises `UnsupportedLayerError` naming the layer if there is none."""
-    cls = type(module)
+def get_adapter(module: nn.Module | type, name: str = "") -> LayerAdapter:
+    """The adapter for ``module`` (or a layer class); raises `UnsupportedLayerError` naming the layer if none."""
+    cls = module if isinstance(module, type) else type(module)
     for klass in cls.__mro__:
         if klass in LAYER_ADAPTERS:
             return LAYER_ADAPTERS[klass]

@@ -54,7 +54,7 @@ def quantized_class(cls: type, name: str = "") -> type:
     if issubclass(cls, QuantizedLayer):
         return cls
     if cls not in _CLASSES:
-        adapter = get_adapter_for_type(cls, name)
+        adapter = get_adapter(cls, name)
         tag = f"Quantized{cls.__name__}"
         if tag in globals():
             tag = f"Quantized_{cls.__module__.replace('.', '_')}_{cls.__name__}"
@@ -63,11 +63,6 @@ def quantized_class(cls: type, name: str = "") -> type:
         globals()[tag] = new  # picklable by qualified name
         _CLASSES[cls] = new
     return _CLASSES[cls]
-
-
-def get_adapter_for_type(cls: type, name: str) -> LayerAdapter:
-    probe = object.__new__(cls)  # only its type is inspected
-    return get_adapter(probe, name)
 
 
 def wrap_layer(module: nn.Module, weight_quantizer: QuantizerBase, input_quantizer: QuantizerBase | None) -> None:

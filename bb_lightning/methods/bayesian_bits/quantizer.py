@@ -55,7 +55,6 @@ class BayesianBitsQuantizer(QuantizerBase):
         else:
             self.register_parameter("prune_log_alpha", None)
         self.register_buffer("_bits_f", torch.tensor(self.bits, dtype=torch.float32), persistent=False)
-        self._eval_log_alpha = hc.eval_log_alpha_threshold(config.eval_threshold)
         self._det_key: tuple | None = None
         self._det: tuple[int, Tensor | None] = (0, None)
         self._host_alive = self._count_alive()
@@ -96,9 +95,10 @@ class BayesianBitsQuantizer(QuantizerBase):
         key = (self.log_alpha._version, None if p is None else p._version, self.log_alpha.device)
         if not cached or key != self._det_key:
             with torch.no_grad():
-                on = (self.log_alpha > self._eval_log_alpha) & (self.log_alpha > self.config.gate_cutoff)
-                n_on = int(on.to(torch.int64).cumprod(0).sum())
-                mask = None if p is None else (p > self._eval_log_alpha).to(torch.float32)
+                thr = self.config.eval_threshold
+                on = hc.deterministic(self.log_alpha, thr) * (self.log_alpha > self.config.gate_cutoff)
+                n_on = int(on.cumprod(0).sum())
+                mask = None if p is None else hc.deterministic(p, thr)
             self._det_key, self._det = key, (n_on, mask)
         return self._det
 
