@@ -11,13 +11,12 @@ import math
 
 import pytest
 import torch
+from quant_refs import CHAIN, SHRINK, assert_quant_close, ref_clip, ref_level, ref_nested, ref_step
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bb_lightning.core.fake_quant import fake_quantize, nested_quantize, scale
 
-SHRINK = 1.0 - 1e-7
-CHAIN = (2, 4, 8, 16, 32)
 HYPO = settings(max_examples=30, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
@@ -25,46 +24,6 @@ HYPO = settings(max_examples=30, deadline=None, derandomize=True, database=None,
 # ----------------------------------------------------------------------------------------------------------------
 # independent float64 references (spec 1.2-1.4)
 # ----------------------------------------------------------------------------------------------------------------
-def ref_step(u: float, bits: int, signed: bool) -> float:
-    return (2.0 * u if signed else u) / (2.0**bits - 1.0)
-
-
-def ref_clip(x: torch.Tensor, u: float, signed: bool) -> torch.Tensor:
-    hi = u * SHRINK
-    return x.double().clamp(-hi if signed else 0.0, hi)
-
-
-def ref_level(x: torch.Tensor, u: float, bits: int, signed: bool) -> torch.Tensor:
-    """Direct ``b``-bit quantization of the clipped input (32 bits = the clipped input, spec 1.8)."""
-    xc = ref_clip(x, u, signed)
-    if bits >= 32:
-        return xc
-    s = ref_step(u, bits, signed)
-    return s * torch.round(xc / s)
-
-
-def ref_nested(x, u, signed, gates, bits=CHAIN, channel_gate=None) -> torch.Tensor:
-    """Spec 1.4 verbatim: x_q = z_2 (x_2 + z_4 (e_4 + z_8 (e_8 + ...))), residuals of ungated partial sums."""
-    u = float(u)
-    xc = ref_clip(x, u, signed)
-    s2 = ref_step(u, bits[0], signed)
-    x2 = s2 * torch.round(xc / s2)
-    partial = x2.clone()
-    residuals = []
-    for b in bits[1:]:
-        s = ref_step(u, b, signed)
-        e = s * torch.round((xc - partial) / s)
-        residuals.append(e)
-        partial = partial + e
-    acc = torch.zeros_like(xc)
-    for z, e in zip(reversed(list(gates)), reversed(residuals)):
-        acc = float(z) * (e + acc)
-    out = x2 + acc
-    if channel_gate is not None:
-        out = out * channel_gate.double()
-    return out
-
-
 def convex_weights(gates) -> list[float]:
     """``w_l = g_l - g_{l+1}`` with ``g`` the cumulative gate products (``g_0 = 1``, ``g_{K+1} = 0``)."""
     g = [1.0]
@@ -89,16 +48,6 @@ def ref_inside(x: torch.Tensor, u: float, signed: bool) -> torch.Tensor:
     hi = u * SHRINK
     lo = -hi if signed else 0.0
     return (x > lo) & (x < hi)
-
-
-def assert_quant_close(out, ref, u, fine_step, max_frac=0.02):
-    """float32 output vs float64 reference: equal up to float32 round-off, except for rare elements where float32
-    and float64 round a near-tie of the finest level differently (those may differ by at most one finest step)."""
-    diff = (out.double() - ref).abs()
-    tight = 4e-6 * max(u, 1.0)
-    assert float(diff.max()) <= fine_step * 1.001 + tight, float(diff.max())
-    frac = float((diff > tight).double().mean())
-    assert frac <= max_frac, frac
 
 
 def mismatch_step(u, signed, gates, bits=CHAIN) -> float:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
 
 from bb_lightning.lightning.data import DigitsDataModule
 from bb_lightning.lightning.module import TimmClassifier
@@ -37,3 +39,21 @@ def trainer(tmp_path, callbacks, **kwargs) -> pl.Trainer:
     )
     args.update(kwargs)
     return pl.Trainer(callbacks=callbacks, **args)
+
+
+class PlainMLP(pl.LightningModule):
+    """A user's module written without bb_lightning in mind (no mixin): an MLP on 1x16x16 digits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(256, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+        )
+        self.example_input_array = torch.zeros(1, 1, 16, 16)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.model(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)

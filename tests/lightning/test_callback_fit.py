@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import digits, tiny_module, trainer
+from helpers import PlainMLP, digits, tiny_module, trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import bb_lightning
@@ -174,12 +174,9 @@ def test_finetune_epochs_freeze_gates(tmp_path):
     assert float(state.regularizer()) == 0.0
 
 
-class DictLoss(CostRegularizerMixin, pl.LightningModule):
+class DictLoss(CostRegularizerMixin, PlainMLP):
     def __init__(self) -> None:
         super().__init__()
-        self.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 32), torch.nn.ReLU(),
-                                          torch.nn.Linear(32, 10))
-        self.example_input_array = torch.zeros(1, 1, 16, 16)
         self.seen_loss = []
 
     def training_step(self, batch, batch_idx):
@@ -188,9 +185,6 @@ class DictLoss(CostRegularizerMixin, pl.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         self.seen_loss.append(outputs["loss"].detach())
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
 
 
 def test_mixin_adds_penalty_to_dict_loss(tmp_path):
@@ -232,23 +226,9 @@ def test_penalty_never_reaching_loss_stops_at_first_step(tmp_path):
     assert get_state(model).penalty_calls == 0
 
 
-class PlainModule(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10))
-        self.example_input_array = torch.zeros(1, 1, 16, 16)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self.model(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
-
-
 def test_module_without_mixin_errors(tmp_path):
     with pytest.raises(bb_lightning.BBConfigError, match="never reached the loss"):
-        trainer(tmp_path, [BayesianBits()]).fit(PlainModule(), datamodule=digits())
+        trainer(tmp_path, [BayesianBits()]).fit(PlainMLP(), datamodule=digits())
 
 
 def test_sgd_warns_about_gates(tmp_path):

@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import digits, tiny_module, trainer
+from helpers import PlainMLP, digits, tiny_module, trainer
 
 from bb_lightning import BayesianBits, BBConfigError, CostRegularizerMixin
 from bb_lightning.lightning.module import TimmClassifier
@@ -49,24 +49,7 @@ def test_finetune_epochs_needs_max_epochs(tmp_path):
         t.fit(tiny_module(), datamodule=digits())
 
 
-class ExistingModule(pl.LightningModule):
-    """A user's module written without bb_lightning in mind."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 32), torch.nn.ReLU(),
-                                          torch.nn.Linear(32, 10))
-        self.example_input_array = torch.zeros(1, 1, 16, 16)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self.model(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
-
-
-class ExistingWithBB(CostRegularizerMixin, ExistingModule):
+class ExistingWithBB(CostRegularizerMixin, PlainMLP):
     pass
 
 

@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from quant_refs import CHAIN, SHRINK, assert_quant_close, ref_clip, ref_level, ref_nested, ref_step
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,8 +20,6 @@ from bb_lightning.core.fake_quant import fake_quantize
 from bb_lightning.methods.bayesian_bits.config import BayesianBitsConfig
 from bb_lightning.methods.bayesian_bits.quantizer import BayesianBitsQuantizer
 
-SHRINK = 1.0 - 1e-7
-CHAIN = (2, 4, 8, 16, 32)
 BETA, LOW, HIGH = 2.0 / 3.0, -0.1, 1.1
 C = BETA * math.log(11.0)
 EVAL_THR = math.log(0.66 / 0.34) - C  # -0.9353
@@ -43,51 +42,6 @@ def ref_gates(log_alpha: torch.Tensor, noise: torch.Tensor, cutoff: float | None
         alive = torch.cumprod((log_alpha.detach() > cutoff).double(), 0)
         z = z * alive
     return z
-
-
-def ref_step(u: float, bits: int, signed: bool) -> float:
-    return (2.0 * u if signed else u) / (2.0**bits - 1.0)
-
-
-def ref_clip(x, u, signed):
-    hi = u * SHRINK
-    return x.double().clamp(-hi if signed else 0.0, hi)
-
-
-def ref_level(x, u, bits, signed):
-    xc = ref_clip(x, u, signed)
-    if bits >= 32:
-        return xc
-    s = ref_step(u, bits, signed)
-    return s * torch.round(xc / s)
-
-
-def ref_nested(x, u, signed, gates, bits=CHAIN, channel_gate=None):
-    """Spec 1.4: z_2 (x_2 + z_4 (e_4 + z_8 (e_8 + ...))) with residuals of the ungated partial sums.
-    ``gates`` / ``channel_gate`` may be float64 tensors with autograd."""
-    xc = ref_clip(x, u, signed)
-    s2 = ref_step(u, bits[0], signed)
-    x2 = s2 * torch.round(xc / s2)
-    partial, residuals = x2.clone(), []
-    for b in bits[1:]:
-        s = ref_step(u, b, signed)
-        e = s * torch.round((xc - partial) / s)
-        residuals.append(e)
-        partial = partial + e
-    acc = torch.zeros_like(xc)
-    for j in reversed(range(len(residuals))):
-        acc = gates[j] * (residuals[j] + acc)
-    out = x2 + acc
-    if channel_gate is not None:
-        out = out * channel_gate
-    return out
-
-
-def assert_quant_close(out, ref, u, fine_step, max_frac=0.02):
-    diff = (out.detach().double() - ref.detach()).abs()
-    tight = 4e-6 * max(u, 1.0)
-    assert float(diff.max()) <= fine_step * 1.001 + tight, float(diff.max())
-    assert float((diff > tight).double().mean()) <= max_frac
 
 
 class NoiseQueue:
