@@ -235,6 +235,12 @@ def test_bops_at_float_equal_1024_macs_for_layers_with_quantized_inputs():
     assert cost_totals(costs)["relative_bops"] == pytest.approx(0.9190, abs=5e-5)  # spec 4.2: 91.90 %
 
 
+def mnist_init_doubling() -> float:
+    """``sum_b b * prod_{b' <= b} pi_b'`` over the doubling gates at the MNIST init 6/6/-6/-6 (spec 3.2, 3.3)."""
+    p4, p8, p16, p32 = pi(6), pi(6), pi(-6), pi(-6)
+    return 4 * p4 + 8 * p4 * p8 + 16 * p4 * p8 * p16 + 32 * p4 * p8 * p16 * p32
+
+
 def test_lenet5_regulariser_at_mnist_init_matches_spec():
     """Spec 3.7: sum_k R_k = 36.62 for LeNet-5 at gate init 6/6/-6/-6, pruning init 6, bop prior.
 
@@ -245,8 +251,7 @@ def test_lenet5_regulariser_at_mnist_init_matches_spec():
     reg = CostRegularizer(recs, mods, CostConfig(kind="bops", strength=0.1))
     # independent reference from hand-counted MACs
     mx = max(LENET_MACS)
-    p4, p8, p16, p32 = pi(6), pi(6), pi(-6), pi(-6)
-    doubling = 4 * p4 + 8 * p4 * p8 + 16 * p4 * p8 * p16 + 32 * p4 * p8 * p16 * p32
+    doubling = mnist_init_doubling()
     expected = 0.0
     for i, macs in enumerate(LENET_MACS):
         s = macs / mx
@@ -368,8 +373,7 @@ def test_memory_regulariser():
     _, recs, mods = wrapped_lenet()
     reg = CostRegularizer(recs, mods, CostConfig(kind="memory", strength=2.0))
     mx = max(LENET_PARAMS)
-    p4, p8, p16, p32 = pi(6), pi(6), pi(-6), pi(-6)
-    doubling = 4 * p4 + 8 * p4 * p8 + 16 * p4 * p8 * p16 + 32 * p4 * p8 * p16 * p32
+    doubling = mnist_init_doubling()
     expected = 0.0
     for i, params in enumerate(LENET_PARAMS):
         s = params / mx
