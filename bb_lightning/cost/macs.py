@@ -25,6 +25,7 @@ class LayerCount:
     macs: int
     order: int  # execution order of the first call
     out_shape: tuple[int, ...]  # per-sample output shape
+    input_numel: int = 0  # per-sample input elements (summed over calls), for activation-memory costs
 
 
 @torch.no_grad()
@@ -39,16 +40,19 @@ def count_macs(root: nn.Module, layers: dict[str, nn.Module], example: Tensor) -
     handles = []
 
     def make_hook(name: str):
-        def hook(module: nn.Module, _inp, out) -> None:
+        def hook(module: nn.Module, inp, out) -> None:
             if not isinstance(out, Tensor):
                 return
             c_out = int(module.weight.shape[0])
             macs = int(module.weight.numel()) * int(out.numel()) // (c_out * batch)
+            x = inp[0] if inp and isinstance(inp[0], Tensor) else None
+            numel = int(x.numel()) // batch if x is not None else 0
             prev = counts.get(name)
             if prev is None:
-                counts[name] = LayerCount(macs, len(counts), tuple(out.shape[1:]))
+                counts[name] = LayerCount(macs, len(counts), tuple(out.shape[1:]), numel)
             else:
                 prev.macs += macs
+                prev.input_numel += numel
 
         return hook
 

@@ -23,8 +23,11 @@ from ..wrap.swap import LayerRecord
 class CostRegularizer:
     """Holds ``(quantizer, cost_scale)`` pairs; calling it returns ``strength * sum_k penalty_k`` (0-dim tensor)."""
 
-    def __init__(self, records: list[LayerRecord], modules: Mapping[str, nn.Module], cost: CostConfig) -> None:
+    def __init__(
+        self, records: list[LayerRecord], modules: Mapping[str, nn.Module], cost: CostConfig, input_bits: int = 8
+    ) -> None:
         self.cost = cost
+        self.scale = 1.0  # schedule multiplier (warm-up / ramp), set by the callback
         max_macs = max((r.macs for r in records), default=1) or 1
         max_params = max((r.params for r in records), default=1) or 1
         self.terms: list[tuple[nn.Module, float]] = []
@@ -63,5 +66,21 @@ class CostRegularizer:
         ] + [q.penalty(scale) for q, scale in self._loose]
         return torch.stack(parts).sum()
 
+    @property
+    def strength(self) -> float:
+        """The strength in effect: ``cost.strength`` times the schedule multiplier ``scale``."""
+        return self.cost.strength * self.scale
+
     def __call__(self) -> Tensor:
-        return self.cost.strength * self.raw()
+        return self.strength * self.raw()
+
+    def value(self) -> Tensor:
+        """``sum_k R_k`` (detached), for logging."""
+        with torch.no_grad():
+            return self.raw()
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        pass

@@ -13,8 +13,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from .._registry import get_method
-from ..config import CostConfig, WrapConfig
-from ..cost.regularizer import CostRegularizer
+from ..config import WrapConfig
+from ..errors import BBConfigError
 from ..export import MixedPrecisionConfig, build_config
 from ..methods.base import QuantizerBase
 from ..wrap.swap import LayerRecord, apply_plan
@@ -41,7 +41,7 @@ class QuantizationState:
         method: str,
         method_config: Any,
         wrap: WrapConfig,
-        cost: CostConfig,
+        cost: Any,
         records: list[LayerRecord],
         modules: dict[str, nn.Module],
         root_attr: str,
@@ -50,7 +50,7 @@ class QuantizationState:
         self.method, self.method_config, self.wrap, self.cost = method, method_config, wrap, cost
         self.records, self.modules, self.root_attr = records, modules, root_attr
         self.model_class = type(root).__name__
-        self.regularizer = CostRegularizer(records, modules, cost)
+        self.regularizer = self._make_regularizer(cost)
         self.penalty_calls = 0
         self.frozen = False
 
@@ -70,11 +70,24 @@ class QuantizationState:
                 groups.setdefault(name, []).extend(params)
         return groups
 
-    def set_cost(self, cost: CostConfig) -> None:
+    def _make_regularizer(self, cost: Any) -> Any:
+        cost_cls, reg_cls = get_method(self.method).cost_classes()
+        if not isinstance(cost, cost_cls):
+            raise BBConfigError(
+                f"Method `{self.method}` takes a `{cost_cls.__name__}` regulariser setting, got `{type(cost).__name__}`."
+            )
+        return reg_cls(self.records, self.modules, cost, self.wrap.input_bits)
+
+    def set_cost(self, cost: Any) -> None:
         """Use another regulariser setting (a later fit's callback) on the same quantizers."""
-        if _init_fields(cost) != _init_fields(self.cost):
+        if type(cost) is not type(self.cost) or _init_fields(cost) != _init_fields(self.cost):
+            self.regularizer = self._make_regularizer(cost)
             self.cost = cost
-            self.regularizer = CostRegularizer(self.records, self.modules, cost)
+
+    def constrain_(self) -> None:
+        """Project every quantizer's parameters into their valid set (after an optimizer step)."""
+        for q in self.quantizers():
+            q.constrain_()
 
     def penalty(self) -> Tensor:
         self.penalty_calls += 1
@@ -106,7 +119,7 @@ class QuantizationState:
         entry = get_method(data["method"])
         method_config = entry.config(**data["method_config"])
         wrap = WrapConfig(**data["wrap"])
-        cost = CostConfig(**data["cost"])
+        cost = entry.cost_classes()[0](**data["cost"])
         records = [LayerRecord.from_dict(r) for r in data["records"]]
         root = resolve_root(pl_module, data["root_attr"])
         modules = apply_plan(root, records, data["method"], method_config)

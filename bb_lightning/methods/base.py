@@ -26,6 +26,9 @@ class QuantizerBase(nn.Module):
     """
 
     method: ClassVar[str] = "base"
+    #: Whether the quantizer owns a learned 0-dim range parameter ``x_max`` (otherwise ranges come from statistics
+    #: and the subclass overrides `init_range` / `range`).
+    learned_range: ClassVar[bool] = True
 
     def __init__(self, role: Role, num_channels: int | None = None) -> None:
         super().__init__()
@@ -33,7 +36,8 @@ class QuantizerBase(nn.Module):
             raise ValueError(f"Expected `role` to be 'weight' or 'input', but got {role!r}.")
         self.role: Role = role
         self.num_channels = num_channels
-        self.x_max = nn.Parameter(torch.tensor(1.0))
+        if self.learned_range:
+            self.x_max = nn.Parameter(torch.tensor(1.0))
         self.register_buffer("signed", torch.tensor(False))
         self.register_buffer("initialized", torch.tensor(False))
         # host-side mirrors of the two flags, so the hot path never reads a device tensor
@@ -85,6 +89,20 @@ class QuantizerBase(nn.Module):
         """Bit width after training: ``0`` if every channel is pruned, ``>= 32`` means float."""
         raise NotImplementedError
 
+    def channel_bits(self) -> Tensor | None:
+        """Integer ``[num_channels]`` bit widths when they differ per output channel, else ``None`` (weights only)."""
+        return None
+
+    def expected_bits(self) -> Tensor:
+        """Differentiable bit width: 0-dim, or ``[num_channels]`` per output channel (for bit-cost regularisers)."""
+        raise NotImplementedError(f"`{type(self).__name__}` does not expose differentiable bit widths.")
+
+    def observe_weight(self, weight: Tensor) -> None:
+        """Refresh statistics taken from the current weight (called before export); default: nothing to do."""
+
+    def constrain_(self) -> None:
+        """Project parameters back into their valid set after an optimizer step; default: nothing to do."""
+
     def keep_mask(self) -> Tensor | None:
         """Boolean ``[num_channels]`` mask of kept output channels, or ``None`` if the method does not prune."""
         return None
@@ -101,8 +119,8 @@ class QuantizerBase(nn.Module):
         self.frozen = True
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by optimizer group name (``"gates"``, ``"ranges"``, ...)."""
-        return {"ranges": [self.x_max]}
+        """Parameters by optimizer group name (``"gates"``, ``"ranges"``, ``"bits"``, ...)."""
+        return {"ranges": [self.x_max]} if self.learned_range else {}
 
     def extra_repr(self) -> str:
         return f"role={self.role}, channels={self.num_channels}, signed={self._signed}"

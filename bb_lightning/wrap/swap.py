@@ -31,6 +31,7 @@ class LayerRecord:
     prune: bool
     is_first: bool = False
     is_last: bool = False
+    input_numel: int = 0  # per-sample input elements (activation memory)
 
     @property
     def params(self) -> int:
@@ -119,6 +120,7 @@ def plan_layers(root: nn.Module, cfg: WrapConfig, example: Tensor) -> list[Layer
                 prune=wrapped and prune,
                 is_first=first,
                 is_last=last,
+                input_numel=counts[name].input_numel,
             )
         )
     # layers that never ran (e.g. nn.MultiheadAttention.out_proj): float, 0 MACs, listed so the export names

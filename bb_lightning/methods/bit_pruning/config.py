@@ -1,0 +1,74 @@
+"""Method-specific settings of BitPruning, validated on construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+from ...errors import BBConfigError
+
+
+class Granularity(str, Enum):
+    TENSOR = "tensor"  #: one bitlength per tensor (the paper's headline setting)
+    CHANNEL = "channel"  #: one bitlength (and one min-max range) per output channel of a weight
+    GROUP = "group"  #: one bitlength per ``group_size`` consecutive output channels (ranges per channel)
+
+
+class Rounding(str, Enum):
+    CEIL = "ceil"  #: ``ceil(n - rounding_eps)``: conservative, never loses more than ``rounding_eps`` bits
+    ROUND = "round"  #: nearest integer
+    FLOOR = "floor"  #: ``floor(n)``: aggressive
+
+
+def _number(name: str, value: object, lo: float = -math.inf, hi: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise BBConfigError(f"Expected argument `{name}` to be a number in [{lo}, {hi}], but got {value!r}.")
+    return float(value)
+
+
+def _choice(cls: type[Enum], name: str, value: object) -> Enum:
+    try:
+        return cls(value.value if isinstance(value, Enum) else value)
+    except ValueError:
+        raise BBConfigError(
+            f"Expected argument `{name}` to be one of {[m.value for m in cls]}, but got {value!r}."  # type: ignore[attr-defined]
+        ) from None
+
+
+@dataclass
+class BitPruningConfig:
+    """Settings of one BitPruning quantizer.
+
+    Args:
+        init_bits: initial bitlength ``n`` of every site (spec: 8; "budget + 0.5" speeds up budgeted searches).
+        min_bits: lower bound of ``n`` (>= 1; spec default 2).
+        max_bits: upper bound of ``n`` (<= 16).
+        weight_granularity: ``"tensor"``, ``"channel"`` or ``"group"`` (weights only; inputs are always per tensor).
+        group_size: output channels per bitlength with ``"group"``.
+        rounding: how ``n`` becomes an integer at the end of the search (``"ceil"``, ``"round"``, ``"floor"``).
+        rounding_eps: slack of ``"ceil"``: ``b = ceil(n - rounding_eps)`` (e.g. 4.03 -> 4).
+        ema_momentum: momentum of the running min/max of input activations (weights use their live min/max).
+    """
+
+    init_bits: float = 8.0
+    min_bits: float = 2.0
+    max_bits: float = 8.0
+    weight_granularity: Granularity | str = Granularity.TENSOR
+    group_size: int = 8
+    rounding: Rounding | str = Rounding.CEIL
+    rounding_eps: float = 0.05
+    ema_momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        self.min_bits = _number("min_bits", self.min_bits, 1, 16)
+        self.max_bits = _number("max_bits", self.max_bits, 1, 16)
+        if self.max_bits < self.min_bits:
+            raise BBConfigError(f"Expected `min_bits` <= `max_bits`, but got {self.min_bits} > {self.max_bits}.")
+        self.init_bits = _number("init_bits", self.init_bits, self.min_bits, self.max_bits)
+        self.weight_granularity = _choice(Granularity, "weight_granularity", self.weight_granularity)
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
+            raise BBConfigError(f"Expected argument `group_size` to be an int >= 1, but got {self.group_size!r}.")
+        self.rounding = _choice(Rounding, "rounding", self.rounding)
+        self.rounding_eps = _number("rounding_eps", self.rounding_eps, 0.0, 0.5)
+        self.ema_momentum = _number("ema_momentum", self.ema_momentum, 0.0, 0.9999)

@@ -1,0 +1,195 @@
+"""BitPruning quantizer: a learned real bitlength ``n`` per tensor (or per output channel / group) on a min-max grid.
+
+Training uses the interpolated quantizer ``Q_n`` of `bb_lightning.core.minmax.fractional_quantize`; evaluation and
+the frozen (fine-tuning) phase use the integer grid at the rounded bitlength, i.e. exactly what is exported.
+Ranges are statistics, not parameters (spec 1.2): weights use their live min/max (per output channel when the
+bitlength is per channel or group), input activations a running (EMA) min/max updated in training and fixed in
+evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..._registry import register_method
+from ...core.minmax import fractional_quantize, minmax_quantize
+from ...cost.bit_cost import BitCostConfig, BitCostRegularizer
+from ..base import QuantizerBase, Role
+from .config import BitPruningConfig, Granularity, Rounding
+
+
+@register_method("bit_pruning", config=BitPruningConfig, cost_config=BitCostConfig, regularizer=BitCostRegularizer)
+class BitPruningQuantizer(QuantizerBase):
+    """Min-max quantizer with a learned bitlength for one weight or input tensor.
+
+    Args:
+        config: method settings (bitlength init and bounds, granularity, rounding, EMA momentum).
+        role: ``"weight"`` or ``"input"``.
+        num_channels: output channels ``C`` of the weight (``weight.shape[0]``); needed for per-channel bitlengths.
+        prune: unused (BitPruning prunes bits, not channels); accepted for the common constructor signature.
+
+    Attributes:
+        bitlength: learned ``n``: 0-dim (per tensor), ``[C]`` (per channel) or ``[ceil(C / group_size)]``.
+        lo, hi: current range: 0-dim, or ``[C]`` for per-channel weight ranges.
+    """
+
+    learned_range = False
+
+    def __init__(
+        self, config: BitPruningConfig, role: Role, num_channels: int | None = None, prune: bool | None = None
+    ) -> None:
+        super().__init__(role, num_channels)
+        self.config = config
+        per_channel = role == "weight" and config.weight_granularity != Granularity.TENSOR and bool(num_channels)
+        self.per_channel = per_channel
+        if per_channel:
+            group = 1 if config.weight_granularity == Granularity.CHANNEL else config.group_size
+            n_groups = math.ceil(num_channels / group)  # type: ignore[operator]
+            self.bitlength = nn.Parameter(torch.full((n_groups,), float(config.init_bits)))
+            index = torch.arange(num_channels) // group  # type: ignore[arg-type]
+            self.register_buffer("_group_index", index, persistent=False)
+            self.group_size = group
+            range_shape: tuple[int, ...] = (num_channels,)  # type: ignore[assignment]
+        else:
+            self.bitlength = nn.Parameter(torch.tensor(float(config.init_bits)))
+            self.register_buffer("_group_index", None, persistent=False)
+            self.group_size = 0
+            range_shape = ()
+        self.register_buffer("lo", torch.zeros(range_shape))
+        self.register_buffer("hi", torch.ones(range_shape))
+
+    # ----- bitlengths -------------------------------------------------------------------------------------
+    def _channel_n(self, n: Tensor) -> Tensor:
+        return n if self._group_index is None else n[self._group_index]
+
+    def expected_bits(self) -> Tensor:
+        """``clamp(n, min_bits, max_bits)``: 0-dim, or ``[C]`` per output channel (groups expanded).
+
+        The clamp passes gradients straight through (also at and beyond the bounds, where ``torch.clamp`` gives 0);
+        the callback projects ``n`` back into the bounds after every optimizer step (`constrain_`).
+        """
+        n = self.bitlength
+        n = n + (n.detach().clamp(self.config.min_bits, self.config.max_bits) - n.detach())
+        return self._channel_n(n)
+
+    @torch.no_grad()
+    def rounded_bits(self) -> Tensor:
+        """The integer bitlength(s) the rounding rule gives (float tensor, shape of `expected_bits`)."""
+        n = self.expected_bits().detach()
+        rule = self.config.rounding
+        if rule == Rounding.CEIL:
+            b = torch.ceil(n - self.config.rounding_eps)
+        elif rule == Rounding.ROUND:
+            b = torch.round(n)
+        else:
+            b = torch.floor(n)
+        return b.clamp(math.ceil(self.config.min_bits), math.floor(self.config.max_bits))
+
+    def hard_bits(self) -> int:
+        return int(self.rounded_bits().max())
+
+    def channel_bits(self) -> Tensor | None:
+        return self.rounded_bits().long() if self.per_channel else None
+
+    def constrain_(self) -> None:
+        if not self.frozen:
+            with torch.no_grad():
+                self.bitlength.clamp_(self.config.min_bits, self.config.max_bits)
+
+    def freeze(self) -> None:
+        super().freeze()
+        self.bitlength.requires_grad_(False)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {} if self.frozen else {"bits": [self.bitlength]}
+
+    def log_details(self) -> dict[str, Tensor]:
+        """Per-quantizer values for dashboards: the continuous bitlength(s)."""
+        return {"bitlength": self.expected_bits().detach()}
+
+    # ----- ranges -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _weight_stats(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        w = w.detach().float()
+        if self.per_channel:
+            return torch.aminmax(w.reshape(w.shape[0], -1), dim=1)
+        return torch.aminmax(w)
+
+    @torch.no_grad()
+    def observe_weight(self, weight: Tensor) -> None:
+        lo, hi = self._weight_stats(weight)
+        self.lo.copy_(lo)
+        self.hi.copy_(hi)
+
+    @torch.no_grad()
+    def init_range(self, x: Tensor) -> None:
+        """Weights: their min/max. Inputs: the first batch's min/max (reduced over ranks under DDP)."""
+        if x.numel() == 0:
+            return
+        if self.role == "weight":
+            self.observe_weight(x)
+        else:
+            lo, hi = torch.aminmax(x.detach().float())
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                both = torch.stack([-lo, hi])
+                torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
+                lo, hi = -both[0], both[1]
+            self.lo.copy_(lo)
+            self.hi.copy_(hi)
+        signed = bool(self.lo.min() < 0)
+        self.signed.fill_(signed)
+        self.initialized.fill_(True)
+        self._signed, self._initialized = signed, True
+
+    def range(self) -> tuple[float, float]:
+        """The overall clip range ``(lo, hi)`` (over all channels for per-channel ranges)."""
+        return float(self.lo.min()), float(self.hi.max())
+
+    def channel_ranges(self) -> Tensor | None:
+        """``[C, 2]`` per-output-channel ``(lo, hi)``, or ``None`` for a per-tensor range."""
+        return torch.stack([self.lo, self.hi], dim=1) if self.lo.dim() else None
+
+    def _ranges(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.role == "weight":
+            lo, hi = self._weight_stats(x)
+            with torch.no_grad():
+                self.lo.copy_(lo)
+                self.hi.copy_(hi)
+        elif self.training:
+            with torch.no_grad():
+                bmin, bmax = torch.aminmax(x.detach())
+                w = 1.0 - self.config.ema_momentum
+                self.lo.lerp_(bmin, w)
+                self.hi.lerp_(bmax, w)
+        lo, hi = self.lo, self.hi
+        if lo.dim():
+            shape = (-1,) + (1,) * (x.dim() - 1)
+            lo, hi = lo.view(shape), hi.view(shape)
+        return lo, hi
+
+    # ----- forward ------------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._initialized:
+            if not self.training:
+                return x  # not calibrated yet (e.g. Lightning's sanity check): pass through
+            self.init_range(x)
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):  # quantizer maths stay float32 under AMP
+                return self._forward(x.float()).to(x.dtype)
+        return self._forward(x.float()).to(x.dtype)
+
+    def _bits_view(self, n: Tensor, ndim: int) -> Tensor:
+        return n.view((-1,) + (1,) * (ndim - 1)) if n.dim() else n
+
+    def _forward(self, x: Tensor) -> Tensor:
+        lo, hi = self._ranges(x)
+        if self.frozen or not self.training:
+            return minmax_quantize(x, lo, hi, self._bits_view(self.rounded_bits(), x.dim()))
+        return fractional_quantize(x, self._bits_view(self.expected_bits(), x.dim()), lo, hi)
+
+    def extra_repr(self) -> str:
+        gran = "tensor" if not self.per_channel else f"channels/{self.group_size}"
+        return f"role={self.role}, channels={self.num_channels}, granularity={gran}"
