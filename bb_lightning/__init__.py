@@ -1,6 +1,6 @@
 """bb_lightning: learned mixed-precision quantization and pruning for timm models in PyTorch Lightning.
 
-Public API (stable): `BayesianBits` (callback), `CostRegularizerMixin` (LightningModule mixin),
+Public API (stable): `BayesianBits` and `BitPruning` (callbacks), `CostRegularizerMixin` (LightningModule mixin),
 `MixedPrecisionConfig` (the exported result) and `apply_config` (float model -> fixed mixed precision).
 """
 
@@ -13,6 +13,7 @@ from .errors import UnsupportedLayerError as UnsupportedLayerError
 from .export import MixedPrecisionConfig as MixedPrecisionConfig
 from .export import apply_config as apply_config
 from .lightning.bayesian_bits import BayesianBits as BayesianBits
+from .lightning.bit_pruning import BitPruning as BitPruning
 from .lightning.callback import QuantizationCallback as QuantizationCallback
 from .lightning.mixin import CostRegularizerMixin as CostRegularizerMixin
 from .version import __version__ as __version__
@@ -22,6 +23,7 @@ from .wrap.adapters import register_layer_adapter as register_layer_adapter
 __all__ = [
     "BBConfigError",
     "BayesianBits",
+    "BitPruning",
     "CostRegularizerMixin",
     "LayerAdapter",
     "MixedPrecisionConfig",

@@ -35,14 +35,21 @@ class LayerCost:
     a_bits: int
     kept: int
     channels: int
+    #: mean weight bits over the kept channels when they differ per channel (``w_bits`` is then their maximum)
+    w_bits_mean: float | None = None
 
     @property
     def kept_fraction(self) -> float:
         return self.kept / self.channels if self.channels else 1.0
 
     @property
+    def effective_w_bits(self) -> float:
+        """Weight bits per kept channel on average (capped at 32)."""
+        return min(self.w_bits if self.w_bits_mean is None else self.w_bits_mean, FLOAT_BITS)
+
+    @property
     def bops(self) -> float:
-        return min(self.w_bits, FLOAT_BITS) * min(self.a_bits, FLOAT_BITS) * self.macs * self.kept_fraction
+        return self.effective_w_bits * min(self.a_bits, FLOAT_BITS) * self.macs * self.kept_fraction
 
     @property
     def fp32_bops(self) -> int:
@@ -50,7 +57,7 @@ class LayerCost:
 
     @property
     def weight_bits(self) -> float:
-        return min(self.w_bits, FLOAT_BITS) * self.params * self.kept_fraction
+        return self.effective_w_bits * self.params * self.kept_fraction
 
 
 def layer_costs(records: list[LayerRecord], modules: Mapping[str, nn.Module], input_bits: int) -> list[LayerCost]:
@@ -58,7 +65,7 @@ def layer_costs(records: list[LayerRecord], modules: Mapping[str, nn.Module], in
     out = []
     for rec in records:
         channels = rec.weight_shape[0]
-        w_bits, a_bits, kept = FLOAT_BITS, FLOAT_BITS, channels
+        w_bits, a_bits, kept, w_mean = FLOAT_BITS, FLOAT_BITS, channels, None
         if rec.is_first:
             a_bits = input_bits
         m = modules.get(rec.name)
@@ -67,10 +74,14 @@ def layer_costs(records: list[LayerRecord], modules: Mapping[str, nn.Module], in
             w_bits = wq.hard_bits()
             mask = wq.keep_mask()
             kept = int(mask.sum()) if mask is not None else channels
+            per_channel = wq.channel_bits()
+            if per_channel is not None:
+                sel = per_channel if mask is None else per_channel[mask]
+                w_mean = float(sel.float().mean()) if sel.numel() else 0.0
             iq = m.input_quantizer
             if iq is not None and iq._initialized:  # an uncalibrated input quantizer passes inputs through
                 a_bits = iq.hard_bits()
-        out.append(LayerCost(rec.name, rec.macs, rec.params, w_bits, a_bits, kept, channels))
+        out.append(LayerCost(rec.name, rec.macs, rec.params, w_bits, a_bits, kept, channels, w_mean))
     return out
 
 
@@ -89,7 +100,7 @@ def cost_totals(costs: list[LayerCost]) -> dict[str, float]:
         "weight_memory_bytes": float(mem_bits / 8.0),
         "fp32_weight_memory_bytes": float(params * 4),
         "average_weight_bits": float(mem_bits / params),
-        "mean_layer_weight_bits": float(sum(min(c.w_bits, FLOAT_BITS) for c in costs) / max(len(costs), 1)),
+        "mean_layer_weight_bits": float(sum(c.effective_w_bits for c in costs) / max(len(costs), 1)),
         "mean_layer_activation_bits": float(sum(min(c.a_bits, FLOAT_BITS) for c in costs) / max(len(costs), 1)),
         "pruned_channel_fraction": float(1.0 - sum(c.kept for c in costs) / channels),
     }

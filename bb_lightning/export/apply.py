@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import BBConfigError
-from ..methods.fixed import FixedQuantizer
+from ..methods.fixed import FixedMinMaxQuantizer, FixedQuantizer
 from ..wrap.layers import is_wrapped, wrap_layer
 from .config import MixedPrecisionConfig
 
@@ -38,6 +38,19 @@ def check_model(model: nn.Module, config: MixedPrecisionConfig) -> None:
         )
 
 
+def _fixed_quantizer(role: str, spec: dict, keep: torch.Tensor | None = None) -> nn.Module:
+    """The fixed quantizer one tensor entry of the config describes (symmetric or min-max grid)."""
+    if spec.get("grid", "symmetric") == "minmax":
+        bits = torch.tensor(spec["channel_bits"]) if "channel_bits" in spec else spec["bits"]
+        if "channel_ranges" in spec:
+            ranges = torch.tensor(spec["channel_ranges"], dtype=torch.float32)
+            lo, hi = ranges[:, 0], ranges[:, 1]
+        else:
+            lo, hi = spec["range"]
+        return FixedMinMaxQuantizer(role, bits, lo, hi)  # type: ignore[arg-type]
+    return FixedQuantizer(role, spec["bits"], spec["signed"], float(spec["range"][1]), keep)  # type: ignore[arg-type]
+
+
 def apply_config(model: nn.Module, config: MixedPrecisionConfig | str) -> nn.Module:
     """Quantize ``model`` in place with fixed bit widths, ranges and channel masks from ``config``; returns it.
 
@@ -59,11 +72,7 @@ def apply_config(model: nn.Module, config: MixedPrecisionConfig | str) -> nn.Mod
         if layer["kept_channels"] is not None:
             keep = torch.zeros(layer["weight_shape"][0], dtype=torch.bool, device=device)
             keep[torch.tensor(layer["kept_channels"], dtype=torch.long, device=device)] = True
-        w = layer["weight"]
-        wq = FixedQuantizer("weight", w["bits"], w["signed"], float(w["range"][1]), keep).to(device)
-        iq = None
-        if layer["input"] is not None:
-            a = layer["input"]
-            iq = FixedQuantizer("input", a["bits"], a["signed"], float(a["range"][1])).to(device)
+        wq = _fixed_quantizer("weight", layer["weight"], keep).to(device)
+        iq = None if layer["input"] is None else _fixed_quantizer("input", layer["input"]).to(device)
         wrap_layer(m, wq, iq)
     return model

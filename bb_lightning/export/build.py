@@ -14,7 +14,16 @@ from .config import MixedPrecisionConfig
 
 def _tensor_spec(q: QuantizerBase) -> dict:
     lo, hi = q.range()
-    return {"bits": int(q.hard_bits()), "signed": bool(q._signed), "range": [lo, hi]}
+    spec = {"bits": int(q.hard_bits()), "signed": bool(q._signed), "range": [lo, hi]}
+    if not q.learned_range:  # statistics-based ranges are min-max (affine) grids
+        spec["grid"] = "minmax"
+    per_channel = q.channel_bits()
+    if per_channel is not None:
+        spec["channel_bits"] = [int(b) for b in per_channel.tolist()]
+    ranges = getattr(q, "channel_ranges", lambda: None)()
+    if ranges is not None:
+        spec["channel_ranges"] = [[float(a), float(b)] for a, b in ranges.tolist()]
+    return spec
 
 
 def build_config(
@@ -40,6 +49,7 @@ def build_config(
             "bops": float(costs[rec.name].bops),
         }
         if entry["quantized"]:
+            m.weight_quantizer.observe_weight(m._bb_adapter.weight(m).detach())  # ranges of the final weights
             entry["weight"] = _tensor_spec(m.weight_quantizer)
             if m.input_quantizer is not None and m.input_quantizer._initialized:
                 entry["input"] = _tensor_spec(m.input_quantizer)

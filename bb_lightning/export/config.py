@@ -26,6 +26,14 @@ Schema (version 1)::
 
 Bit widths: ``0`` = every output channel pruned, ``2 .. 16`` quantized, ``32`` = float. Any integer ``>= 1`` is valid
 (BitPruning exports non-powers of two).
+
+Grids: without ``"grid"`` (Bayesian Bits) a tensor uses the symmetric grid ``[-u, u]`` (``signed``) or ``[0, u]``
+with ``range = [lo, u]``. ``"grid": "minmax"`` (BitPruning) is the affine grid of ``2^bits`` levels from ``range[0]``
+to ``range[1]``. A weight may also carry ``"channel_bits"`` (one integer per output channel; ``bits`` is then their
+maximum) and ``"channel_ranges"`` (one ``[lo, hi]`` per output channel, min-max grids only)::
+
+    "weight": {"bits": 6, "signed": true, "range": [-0.4, 0.5], "grid": "minmax",
+               "channel_bits": [3, 6, 4, ...], "channel_ranges": [[-0.3, 0.2], [-0.4, 0.5], ...]}
 """
 
 from __future__ import annotations
@@ -44,6 +52,9 @@ FORMAT = "bb_lightning.mixed_precision_config"
 VERSION = 1
 _LAYER_KEYS = {"type", "weight_shape", "macs", "quantized", "weight", "input", "kept_channels", "bops"}
 _TENSOR_KEYS = {"bits", "signed", "range"}
+_OPTIONAL_TENSOR_KEYS = {"grid", "channel_bits", "channel_ranges"}
+#: ``"symmetric"``: ``[-u, u]`` / ``[0, u]`` (Bayesian Bits); ``"minmax"``: affine ``[lo, hi]`` (BitPruning)
+GRIDS = ("symmetric", "minmax")
 
 
 def _int(v: Any) -> bool:
@@ -63,21 +74,57 @@ def _check_keys(where: str, d: Any, keys: set[str]) -> None:
         raise _fail(where, f"missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
 
 
-def _check_tensor(where: str, spec: Any) -> dict[str, Any]:
-    _check_keys(where, spec, _TENSOR_KEYS)
+def _is_range(rng: Any) -> bool:
+    return (
+        isinstance(rng, list)
+        and len(rng) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in rng)
+    )
+
+
+def _check_tensor(where: str, spec: Any, channels: int | None = None) -> dict[str, Any]:
+    if not isinstance(spec, dict):
+        raise _fail(where, f"expected an object with keys {sorted(_TENSOR_KEYS)}, got {type(spec).__name__}")
+    _check_keys(where, {k: v for k, v in spec.items() if k not in _OPTIONAL_TENSOR_KEYS}, _TENSOR_KEYS)
     bits = spec["bits"]
     if not _int(bits) or bits < 0:
         raise _fail(f"{where}.bits", f"expected an integer >= 0 (0 = pruned, 32 = float), got {bits!r}")
     if not isinstance(spec["signed"], bool):
         raise _fail(f"{where}.signed", f"expected true/false, got {spec['signed']!r}")
+    grid = spec.get("grid", "symmetric")
+    if grid not in GRIDS:
+        raise _fail(f"{where}.grid", f"expected one of {list(GRIDS)}, got {grid!r}")
     rng = spec["range"]
-    if (
-        not isinstance(rng, list)
-        or len(rng) != 2
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in rng)
-        or not rng[1] > 0
-    ):
+    if grid == "minmax":
+        if not _is_range(rng) or not rng[0] <= rng[1]:
+            raise _fail(f"{where}.range", f"expected [lo, hi] numbers with lo <= hi, got {rng!r}")
+    elif not _is_range(rng) or not rng[1] > 0:
         raise _fail(f"{where}.range", f"expected [lo, hi] numbers with hi > 0, got {rng!r}")
+    if "channel_bits" in spec:
+        cb = spec["channel_bits"]
+        if (
+            channels is None
+            or not isinstance(cb, list)
+            or len(cb) != channels
+            or not all(_int(b) and 1 <= b <= bits for b in cb)
+        ):
+            raise _fail(
+                f"{where}.channel_bits",
+                f"expected one integer in [1, bits={bits}] per output channel ({channels}) of a weight",
+            )
+    if "channel_ranges" in spec:
+        cr = spec["channel_ranges"]
+        if (
+            grid != "minmax"
+            or channels is None
+            or not isinstance(cr, list)
+            or len(cr) != channels
+            or not all(_is_range(r) and r[0] <= r[1] for r in cr)
+        ):
+            raise _fail(
+                f"{where}.channel_ranges",
+                f"expected one [lo, hi] (lo <= hi) per output channel ({channels}) of a weight on a minmax grid",
+            )
     return spec
 
 
@@ -90,7 +137,7 @@ def _check_layer(name: str, d: Any) -> dict[str, Any]:
     if not isinstance(d["quantized"], bool):
         raise _fail(f"{where}.quantized", f"expected true/false, got {d['quantized']!r}")
     if d["quantized"]:
-        _check_tensor(f"{where}.weight", d["weight"])
+        _check_tensor(f"{where}.weight", d["weight"], shape[0])
         if d["input"] is not None:
             _check_tensor(f"{where}.input", d["input"])
     kept = d["kept_channels"]
@@ -221,7 +268,8 @@ class MixedPrecisionConfig:
             channels = layer["weight_shape"][0]
             kept = channels if layer["kept_channels"] is None else len(layer["kept_channels"])
             if layer["quantized"]:
-                w = str(layer["weight"]["bits"])
+                cb = layer["weight"].get("channel_bits")
+                w = f"{min(cb)}-{max(cb)}" if cb and min(cb) != max(cb) else str(layer["weight"]["bits"])
                 a = "-" if layer["input"] is None else str(layer["input"]["bits"])
             else:
                 w, a = "float", "float"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor, nn
 
 from .._registry import get_method
-from ..config import CostConfig, WrapConfig
+from ..config import WrapConfig
 from ..errors import BBConfigError
 from ..cost.report import cost_totals, layer_costs
 from ..export import MixedPrecisionConfig
@@ -63,7 +63,7 @@ class QuantizationCallback(pl.Callback):
         method: str,
         method_config: Any,
         wrap: WrapConfig,
-        cost: CostConfig,
+        cost: Any,
         gate_lr: float = 1e-3,
         range_lr: float = 1e-3,
         finetune_epochs: int = 0,
@@ -71,15 +71,33 @@ class QuantizationCallback(pl.Callback):
         overwrite_export: bool = False,
         model_attr: str | None = None,
         input_size: Sequence[int] | None = None,
+        group_lrs: Mapping[str, float] | None = None,
+        warmup_epochs: float = 0.0,
+        ramp_epochs: float = 0.0,
     ) -> None:
         super().__init__()
-        get_method(method)
+        entry = get_method(method)
+        if not isinstance(method_config, entry.config):
+            raise BBConfigError(
+                f"Method `{method}` takes a `{entry.config.__name__}`, got `{type(method_config).__name__}`."
+            )
+        cost_cls = entry.cost_classes()[0]
+        if not isinstance(cost, cost_cls):
+            raise BBConfigError(f"Method `{method}` takes a `{cost_cls.__name__}` cost, got `{type(cost).__name__}`.")
         self.method, self.method_config, self.wrap, self.cost = method, method_config, wrap, cost
         self.gate_lr = _positive("gate_lr", gate_lr)
         self.range_lr = _positive("range_lr", range_lr)
+        #: learning rate per quantizer parameter group name (``"gates"``, ``"ranges"``, ``"bits"``, ...)
+        self.group_lrs = {"gates": self.gate_lr, "ranges": self.range_lr}
+        for name, lr in (group_lrs or {}).items():
+            self.group_lrs[str(name)] = _positive(f"group_lrs[{name!r}]", lr)
         if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
             raise BBConfigError(f"Expected argument `finetune_epochs` to be an int >= 0, but got {finetune_epochs!r}.")
         self.finetune_epochs = finetune_epochs
+        for name, value in (("warmup_epochs", warmup_epochs), ("ramp_epochs", ramp_epochs)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise BBConfigError(f"Expected argument `{name}` to be a number of epochs >= 0, but got {value!r}.")
+        self.warmup_epochs, self.ramp_epochs = float(warmup_epochs), float(ramp_epochs)
         if export_path is not None and not isinstance(export_path, (str, os.PathLike)):
             raise BBConfigError(f"Expected argument `export_path` to be a file path or None, but got {export_path!r}.")
         self.export_path = export_path
@@ -100,6 +118,8 @@ class QuantizationCallback(pl.Callback):
         #: Where the config was written.
         self.config_path: Path | None = None
         self._checked_penalty = False
+        self._state: QuantizationState | None = None
+        self._pending_regularizer_state: dict[str, Any] | None = None
 
     # ----- helpers -----------------------------------------------------------------------------------------
     @property
@@ -155,6 +175,10 @@ class QuantizationCallback(pl.Callback):
         else:
             self._check_same_quantization(pl_module, state)
             state.set_cost(self.cost)
+        self._state = state
+        if self._pending_regularizer_state is not None:
+            state.regularizer.load_state_dict(self._pending_regularizer_state)
+            self._pending_regularizer_state = None
         if stage == "fit":
             self._patch_configure_optimizers(pl_module, state)
 
@@ -216,21 +240,48 @@ class QuantizationCallback(pl.Callback):
     def _add_param_groups(self, optimizer: torch.optim.Optimizer, state: QuantizationState) -> None:
         """Move every quantizer parameter into its own group(s): own LR, no weight decay (spec 3.8)."""
         groups = state.parameter_groups()
-        ids = {id(p) for params in groups.values() for p in params}
+        ids = {id(p) for q in state.quantizers() for p in q.parameters()}
         for group in optimizer.param_groups:
             if group.get(_GROUP_TAG):
                 return  # already added (e.g. configure_optimizers called twice)
             group["params"] = [p for p in group["params"] if id(p) not in ids]
+        unknown = sorted(set(groups) - set(self.group_lrs))
+        if unknown:
+            raise BBConfigError(
+                f"Method `{self.method}` has quantizer parameter groups {unknown} without a learning rate; pass "
+                f"`group_lrs={{{unknown[0]!r}: ...}}` (known: {sorted(self.group_lrs)})."
+            )
         if isinstance(optimizer, torch.optim.SGD):
             warnings.warn(
-                f"bb_lightning: your optimizer `{type(optimizer).__name__}` is not adaptive; gate gradients are tiny "
-                "(about 5e-4 at init) and only an Adam-type optimizer moves them at a useful speed (spec 2.7).",
+                f"bb_lightning: your optimizer `{type(optimizer).__name__}` is not adaptive; gate and bitlength "
+                "gradients differ in scale by orders of magnitude between layers, and only an Adam-type optimizer "
+                "moves them at a useful speed (Bayesian Bits spec 2.7, BitPruning spec R2).",
                 stacklevel=2,
             )
         for name, params in groups.items():
-            lr = self.gate_lr if name == "gates" else self.range_lr
+            params = [p for p in params if p.requires_grad]  # frozen bit widths are not optimised
+            if not params:
+                continue
+            lr = self.group_lrs[name]
             group = {"params": params, "lr": lr, "initial_lr": lr, "weight_decay": 0.0, _GROUP_TAG: name}
             optimizer.add_param_group(group)
+
+    def _freeze(self, trainer: pl.Trainer, state: QuantizationState) -> None:
+        """Fix the bit widths and drop the now-frozen parameters (and their optimizer state) from the optimizers."""
+        state.freeze()
+        for optimizer in trainer.optimizers:
+            kept = []
+            for group in optimizer.param_groups:
+                if not group.get(_GROUP_TAG):
+                    kept.append(group)
+                    continue
+                for p in group["params"]:
+                    if not p.requires_grad:
+                        optimizer.state.pop(p, None)
+                group["params"] = [p for p in group["params"] if p.requires_grad]
+                if group["params"]:
+                    kept.append(group)
+            optimizer.param_groups[:] = kept
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.finetune_epochs:
@@ -258,10 +309,32 @@ class QuantizationCallback(pl.Callback):
         state = self.state(pl_module)
         if self.finetune_epochs and not state.frozen and trainer.max_epochs:
             if trainer.current_epoch >= trainer.max_epochs - self.finetune_epochs:
-                state.freeze()
+                self._freeze(trainer, state)
                 rank_zero_info(f"bb_lightning: gates fixed at epoch {trainer.current_epoch}; fine-tuning weights/ranges.")
         for q in state.quantizers():
             q.refresh_host_state()
+
+    def schedule_scale(self, epoch: int, batch_idx: int, num_batches: float) -> float:
+        """The regulariser's schedule multiplier: 0 during warm-up, a linear ramp to 1, then 1."""
+        if not (self.warmup_epochs or self.ramp_epochs):
+            return 1.0
+        t = epoch + (batch_idx / num_batches if 0 < num_batches < float("inf") else 0.0)
+        if t < self.warmup_epochs:
+            return 0.0
+        if self.ramp_epochs and t < self.warmup_epochs + self.ramp_epochs:
+            return (t - self.warmup_epochs) / self.ramp_epochs
+        return 1.0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        state = self.state(pl_module)
+        state.regularizer.scale = self.schedule_scale(
+            trainer.current_epoch, batch_idx, float(trainer.num_training_batches)
+        )
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.state(pl_module).constrain_()  # project bit widths etc. back into their bounds after the step
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
         if self._checked_penalty:
@@ -333,10 +406,19 @@ class QuantizationCallback(pl.Callback):
         checkpoint[CHECKPOINT_KEY] = self.state(pl_module).to_dict()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"checked_penalty": self._checked_penalty}
+        out: dict[str, Any] = {"checked_penalty": self._checked_penalty}
+        if self._state is not None:
+            out["regularizer"] = self._state.regularizer.state_dict()
+        return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._checked_penalty = bool(state_dict.get("checked_penalty", False))
+        reg = state_dict.get("regularizer")
+        if reg:
+            if self._state is not None:
+                self._state.regularizer.load_state_dict(reg)
+            else:
+                self._pending_regularizer_state = dict(reg)
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         data = checkpoint.get(CHECKPOINT_KEY)

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ..core.fake_quant import FLOAT_BITS, fake_quantize
+from ..core.minmax import minmax_quantize
 from .base import QuantizerBase, Role
 
 
@@ -60,3 +61,61 @@ class FixedQuantizer(QuantizerBase):
     def extra_repr(self) -> str:
         bits = "float" if self.bits >= FLOAT_BITS else self.bits
         return f"role={self.role}, bits={bits}, signed={self._signed}"
+
+
+class FixedMinMaxQuantizer(QuantizerBase):
+    """Fixed min-max (affine) quantizer: ``2^b`` levels from ``lo`` to ``hi``, per tensor or per output channel.
+
+    The result of a BitPruning search. Uses the same kernel as the searched model's evaluation pass, so outputs are
+    identical.
+
+    Args:
+        role: ``"weight"`` or ``"input"``.
+        bits: integer bit width (>= 1), or an integer ``[C]`` tensor of per-channel widths (weights).
+        lo, hi: range: floats, or ``[C]`` tensors of per-channel ranges (weights).
+    """
+
+    method = "fixed_minmax"
+    learned_range = False
+
+    def __init__(self, role: Role, bits: int | Tensor, lo: float | Tensor, hi: float | Tensor) -> None:
+        bits_t = torch.as_tensor(bits, dtype=torch.float32)
+        lo_t, hi_t = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
+        channels = next((int(t.numel()) for t in (bits_t, lo_t, hi_t) if t.dim()), None)
+        super().__init__(role, channels)
+        if bool((bits_t < 1).any()):
+            raise ValueError(f"Expected every bit width >= 1, but got {bits}.")
+        self.register_buffer("bits", bits_t.clone())
+        self.register_buffer("lo", lo_t.clone())
+        self.register_buffer("hi", hi_t.clone())
+        with torch.no_grad():
+            self.signed.fill_(bool((lo_t < 0).any()))
+            self.initialized.fill_(True)
+        self._signed, self._initialized = bool(self.signed), True
+
+    def _view(self, t: Tensor, ndim: int) -> Tensor:
+        return t.view((-1,) + (1,) * (ndim - 1)) if t.dim() else t
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            d = x.dim()
+            out = minmax_quantize(x.float(), self._view(self.lo, d), self._view(self.hi, d), self._view(self.bits, d))
+        return out.to(x.dtype)
+
+    def hard_bits(self) -> int:
+        return int(self.bits.max())
+
+    def channel_bits(self) -> Tensor | None:
+        return self.bits.long() if self.bits.dim() else None
+
+    def channel_ranges(self) -> Tensor | None:
+        return torch.stack([self.lo, self.hi], dim=1) if self.lo.dim() else None
+
+    def range(self) -> tuple[float, float]:
+        return float(self.lo.min()), float(self.hi.max())
+
+    def penalty(self, cost_scale: float) -> Tensor:
+        return self.lo.new_zeros(())
+
+    def extra_repr(self) -> str:
+        return f"role={self.role}, bits={self.bits.tolist()}, grid=minmax"
