@@ -58,3 +58,17 @@ def assert_quant_close(out, ref, u, fine_step, max_frac=0.02):
     assert float(diff.max()) <= fine_step * 1.001 + tight, float(diff.max())
     frac = float((diff > tight).double().mean())
     assert frac <= max_frac, frac
+
+
+# ----- BitPruning: min-max grids (BitPruning spec 1.2-1.4) -------------------------------------------------------
+def ref_minmax(x: torch.Tensor, lo: float, hi: float, bits: int) -> torch.Tensor:
+    """``Q_b(x) = lo + s_b round((clip(x) - lo) / s_b)``, ``s_b = (hi - lo) / (2^b - 1)``, in float64."""
+    s = (hi - lo) / (2.0**bits - 1.0)
+    return lo + s * torch.round((x.double().clamp(lo, hi) - lo) / s)
+
+
+def ref_fractional(x: torch.Tensor, lo: float, hi: float, n: float) -> torch.Tensor:
+    """``Q_n = (1 - a) Q_f + a Q_{f+1}`` with ``f = floor(n)``, ``a = n - f``, in float64."""
+    f = int(n // 1)
+    a = n - f
+    return (1.0 - a) * ref_minmax(x, lo, hi, f) + a * ref_minmax(x, lo, hi, f + 1)
