@@ -327,9 +327,16 @@ class QuantizationCallback(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         state = self.state(pl_module)
-        state.regularizer.scale = self.schedule_scale(
-            trainer.current_epoch, batch_idx, float(trainer.num_training_batches)
-        )
+        scale = self.schedule_scale(trainer.current_epoch, batch_idx, float(trainer.num_training_batches))
+        state.regularizer.scale = scale
+        if self.warmup_epochs:
+            # warm-up: the bit widths stay at their initial values (no penalty, no updates); ranges still train
+            warm = scale == 0.0 and trainer.current_epoch < self.warmup_epochs
+            for optimizer in trainer.optimizers:
+                for group in optimizer.param_groups:
+                    name = group.get(_GROUP_TAG)
+                    if name and name != "ranges":
+                        group["lr"] = 0.0 if warm else self.group_lrs[name]
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

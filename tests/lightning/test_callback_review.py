@@ -69,13 +69,14 @@ def test_second_fit_with_other_quantization_settings_is_refused(tmp_path):
 def test_second_fit_uses_the_new_strength_and_lrs(tmp_path):
     model = tiny_module()
     trainer(tmp_path, [BayesianBits(strength=0.01)], limit_train_batches=1).fit(model, datamodule=digits())
-    t = trainer(tmp_path, [BayesianBits(strength=0.5, gate_lr=0.1)], limit_train_batches=1)
+    t = trainer(tmp_path, [BayesianBits(strength=0.5, gate_lr=0.1, range_lr=0.2)], limit_train_batches=1)
     with pytest.warns(UserWarning, match="already fixed"):
         t.fit(model, datamodule=digits())
     state = get_state(model)
     assert state.cost.strength == 0.5
     lrs = {g.get("bb_lightning"): g["lr"] for g in t.optimizers[0].param_groups}
-    assert lrs["gates"] == pytest.approx(0.1)
+    assert lrs["ranges"] == pytest.approx(0.2)
+    assert "gates" not in lrs  # the first fit fixed the gates: they are no longer optimised
 
 
 def test_excluded_layers_count_as_float_and_are_exported(tmp_path):
