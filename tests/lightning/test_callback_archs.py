@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import digits, trainer
 
-from bb_lightning import BayesianBits, apply_config
+from bb_lightning import BayesianBits, BitPruning, apply_config
 from bb_lightning.lightning.module import TimmClassifier
 from bb_lightning.lightning.state import get_state
 from bb_lightning.wrap.layers import QuantizedLayer
@@ -22,12 +22,22 @@ ARCHS = {
 }
 
 
+METHODS = {
+    "bayesian_bits": lambda path: BayesianBits(strength=0.1, gate_init=0.0, export_path=path),
+    # per-channel bitlengths, moved off the integers by a large bit LR so both grids of each site are exercised
+    "bit_pruning": lambda path: BitPruning(
+        strength=1.0, bit_lr=0.3, init_bits=6.5, weight_granularity="channel", export_path=path
+    ),
+}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("name", sorted(ARCHS))
-def test_callback_fit_export_apply(tmp_path, name):
+def test_callback_fit_export_apply(tmp_path, name, method):
     model = TimmClassifier(
         model_name=name, num_classes=10, in_chans=3, input_size=(3, 32, 32), model_kwargs=ARCHS[name]
     )
-    cb = BayesianBits(strength=0.1, gate_init=0.0, export_path=str(tmp_path / "bits.json"))
+    cb = METHODS[method](str(tmp_path / "bits.json"))
     trainer(tmp_path, [cb], limit_train_batches=2, limit_val_batches=1).fit(
         model, datamodule=digits(channels=3, image_size=32)
     )
