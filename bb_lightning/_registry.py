@@ -44,7 +44,8 @@ def register_method(
     Args:
         name: the method's name (``"bayesian_bits"``, ``"bit_pruning"``, ...).
         config: the method's config dataclass; the quantizer is built as ``cls(config, role, channels, prune)``.
-        cost_config, regularizer: the method's regulariser settings class and regulariser class (both or neither).
+        cost_config: the method's regulariser settings class (with ``regularizer``; default: gate penalties).
+        regularizer: the method's regulariser class, built as ``cls(records, modules, cost, input_bits)``.
     """
     if (cost_config is None) != (regularizer is None):
         raise BBConfigError(f"Method `{name}`: pass both `cost_config` and `regularizer`, or neither.")

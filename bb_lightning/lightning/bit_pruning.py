@@ -30,19 +30,27 @@ class BitPruning(QuantizationCallback):
         budget_mode: ``"hinge"`` (``strength * relu(cost/target - 1)^2``) or ``"dual"`` (dual ascent).
         dual_lr: step size of the dual ascent per training step.
         init_bits: initial bitlength of every site (spec: 8).
-        min_bits, max_bits: bounds of the bitlengths (spec: 2 and 8).
+        min_bits: lower bound of the bitlengths (spec: 2; at least 1).
+        max_bits: upper bound of the bitlengths (spec: 8; at most 16).
         weight_granularity: ``"tensor"``, ``"channel"`` or ``"group"`` (weights; inputs are per tensor).
         group_size: output channels sharing one bitlength with ``"group"``.
         rounding: ``"ceil"`` (``ceil(n - rounding_eps)``, default), ``"round"`` or ``"floor"``.
         rounding_eps: slack of ``"ceil"``.
         ema_momentum: momentum of the running min/max of input activations.
-        include, exclude, first_layer, last_layer, quantize_activations, input_bits: which layers are quantized and
-            how, as for `bb_lightning.BayesianBits` (``last_layer="no_prune"`` is the same as ``"full"`` here).
+        include: module-name patterns (``fnmatch``, relative to the model) to quantize; ``None`` = all.
+        exclude: module-name patterns to leave float.
+        first_layer: ``"weights_only"`` (input stays float, counted at ``input_bits``), ``"full"`` or ``"float"``.
+        last_layer: ``"no_prune"`` or ``"full"`` (the same here: BitPruning prunes no channels), or ``"float"``.
+        quantize_activations: quantize every wrapped layer's input.
+        input_bits: bits assumed for the float network input in the costs (ref: 8).
         bit_lr: learning rate of the bitlength parameters (spec: 1e-2 with Adam; no weight decay).
         warmup_epochs: epochs (may be fractional) at the initial bitlengths without penalty.
         ramp_epochs: epochs over which the strength rises linearly from 0 to its value.
         finetune_epochs: round and freeze the bitlengths for the last N epochs and fine-tune the weights.
-        export_path, overwrite_export, model_attr, input_size: as for `bb_lightning.BayesianBits`.
+        export_path: where to write the config; default ``<log_dir>/mixed_precision_config.json``.
+        overwrite_export: replace an existing file instead of writing ``<name>-v1.json``.
+        model_attr: attribute of the LightningModule holding the model; default ``model`` if present, else the module.
+        input_size: per-sample input size for counting MACs, e.g. ``(3, 224, 224)``.
 
     Raises:
         BBConfigError: an invalid argument; the message names it and the valid choices.

@@ -72,7 +72,8 @@ class FixedMinMaxQuantizer(QuantizerBase):
     Args:
         role: ``"weight"`` or ``"input"``.
         bits: integer bit width (>= 1), or an integer ``[C]`` tensor of per-channel widths (weights).
-        lo, hi: range: floats, or ``[C]`` tensors of per-channel ranges (weights).
+        lo: lower end of the range: a float, or a ``[C]`` tensor of per-channel values (weights).
+        hi: upper end of the range, like ``lo``.
     """
 
     method = "fixed_minmax"
