@@ -31,8 +31,8 @@ def _bits(model) -> dict[str, torch.Tensor]:
 
 def test_fit_learns_bitlengths_and_exports_integers(tmp_path):
     model = tiny_module()
-    cb = BitPruning(strength=2.0, weight_granularity="channel", bit_lr=0.1, finetune_epochs=1)
-    t = trainer(tmp_path, [cb], max_epochs=3, limit_train_batches=6)
+    cb = BitPruning(strength=2.0, weight_granularity="channel", bit_lr=0.3, finetune_epochs=1)
+    t = trainer(tmp_path, [cb], max_epochs=2, limit_train_batches=3, limit_val_batches=1)
     t.fit(model, datamodule=digits())
     bits = _bits(model)
     assert bits and all((b <= 8.0).all() for b in bits.values())
@@ -82,7 +82,9 @@ def test_warmup_keeps_bitlengths_then_ramp_scales_the_penalty(tmp_path):
                 assert all(torch.equal(v, torch.tensor(8.0)) for v in _bits(pl_module).values())
 
     cb = BitPruning(strength=1.0, bit_lr=0.1, warmup_epochs=1, ramp_epochs=1)
-    trainer(tmp_path, [cb, Probe()], max_epochs=3, limit_train_batches=4).fit(model, datamodule=digits())
+    trainer(tmp_path, [cb, Probe()], max_epochs=3, limit_train_batches=4, limit_val_batches=1).fit(
+        model, datamodule=digits(batch_size=16)
+    )
     assert [s for e, _, s in scales if e == 0] == [0.0] * 4
     assert [s for e, _, s in scales if e == 1] == pytest.approx([0.0, 0.25, 0.5, 0.75])
     assert [s for e, _, s in scales if e == 2] == [1.0] * 4
@@ -111,9 +113,9 @@ def test_resume_mid_search_is_exact(tmp_path, budget_mode):
         torch.manual_seed(0)
         model = tiny_module()
         cb = BitPruning(strength=0.5, bit_lr=0.1, target=0.01, budget_mode=budget_mode, weight_granularity="channel")
-        t = trainer(root, [cb, *callbacks], max_epochs=max_epochs, limit_train_batches=3,
+        t = trainer(root, [cb, *callbacks], max_epochs=max_epochs, limit_train_batches=2, limit_val_batches=1,
                     enable_checkpointing=bool(callbacks))
-        t.fit(model, datamodule=OrderedDigits(batch_size=16, image_size=16), ckpt_path=ckpt_path)
+        t.fit(model, datamodule=OrderedDigits(batch_size=8, image_size=16), ckpt_path=ckpt_path)
         return model, cb, t
 
     straight, cb_a, _ = run(tmp_path / "a", 2)
