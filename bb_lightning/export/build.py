@@ -19,6 +19,8 @@ def _tensor_spec(q: QuantizerBase) -> dict:
         spec["grid"] = "minmax"
     per_channel = q.channel_bits()
     if per_channel is not None:
+        group = int(getattr(q, "group_size", 1) or 1)
+        spec["granularity"] = "channel" if group == 1 else f"group:{group}"
         spec["channel_bits"] = [int(b) for b in per_channel.tolist()]
     ranges = getattr(q, "channel_ranges", lambda: None)()
     if ranges is not None:

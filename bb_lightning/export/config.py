@@ -29,11 +29,12 @@ Bit widths: ``0`` = every output channel pruned, ``2 .. 16`` quantized, ``32`` =
 
 Grids: without ``"grid"`` (Bayesian Bits) a tensor uses the symmetric grid ``[-u, u]`` (``signed``) or ``[0, u]``
 with ``range = [lo, u]``. ``"grid": "minmax"`` (BitPruning) is the affine grid of ``2^bits`` levels from ``range[0]``
-to ``range[1]``. A weight may also carry ``"channel_bits"`` (one integer per output channel; ``bits`` is then their
-maximum) and ``"channel_ranges"`` (one ``[lo, hi]`` per output channel, min-max grids only)::
+to ``range[1]``. A weight may also carry ``"granularity"`` of its bit widths (``"tensor"`` if absent, ``"channel"``
+or ``"group:<size>"``), ``"channel_bits"`` (one integer per output channel; ``bits`` is then their maximum) and
+``"channel_ranges"`` (one ``[lo, hi]`` per output channel, min-max grids only)::
 
-    "weight": {"bits": 6, "signed": true, "range": [-0.4, 0.5], "grid": "minmax",
-               "channel_bits": [3, 6, 4, ...], "channel_ranges": [[-0.3, 0.2], [-0.4, 0.5], ...]}
+    "weight": {"bits": 6, "signed": true, "range": [-0.4, 0.5], "grid": "minmax", "granularity": "group:8",
+               "channel_bits": [3, 3, ..., 6, ...], "channel_ranges": [[-0.3, 0.2], [-0.4, 0.5], ...]}
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ FORMAT = "bb_lightning.mixed_precision_config"
 VERSION = 1
 _LAYER_KEYS = {"type", "weight_shape", "macs", "quantized", "weight", "input", "kept_channels", "bops"}
 _TENSOR_KEYS = {"bits", "signed", "range"}
-_OPTIONAL_TENSOR_KEYS = {"grid", "channel_bits", "channel_ranges"}
+_OPTIONAL_TENSOR_KEYS = {"grid", "granularity", "channel_bits", "channel_ranges"}
 #: ``"symmetric"``: ``[-u, u]`` / ``[0, u]`` (Bayesian Bits); ``"minmax"``: affine ``[lo, hi]`` (BitPruning)
 GRIDS = ("symmetric", "minmax")
 
@@ -100,6 +101,11 @@ def _check_tensor(where: str, spec: Any, channels: int | None = None) -> dict[st
             raise _fail(f"{where}.range", f"expected [lo, hi] numbers with lo <= hi, got {rng!r}")
     elif not _is_range(rng) or not rng[1] > 0:
         raise _fail(f"{where}.range", f"expected [lo, hi] numbers with hi > 0, got {rng!r}")
+    gran = spec.get("granularity", "tensor")
+    if not isinstance(gran, str) or not (
+        gran in ("tensor", "channel") or (gran.startswith("group:") and gran[6:].isdigit() and int(gran[6:]) > 0)
+    ):
+        raise _fail(f"{where}.granularity", f"expected 'tensor', 'channel' or 'group:<size>', got {gran!r}")
     if "channel_bits" in spec:
         cb = spec["channel_bits"]
         if (

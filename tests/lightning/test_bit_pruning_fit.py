@@ -49,7 +49,7 @@ def test_fit_learns_bitlengths_and_exports_integers(tmp_path):
     state = get_state(model)
     for name, m in state.modules.items():
         w = data["layers"][name]["weight"]
-        assert w["grid"] == "minmax"
+        assert w["grid"] == "minmax" and w["granularity"] == "channel"
         n = m.weight_quantizer.expected_bits().detach()
         expect = torch.ceil(n - 0.05).clamp(2, 8).long().tolist()
         assert w["channel_bits"] == expect and w["bits"] == max(expect)
