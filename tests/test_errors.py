@@ -236,3 +236,48 @@ def test_apply_config_rejects_a_model_with_extra_layers():
     bigger = timm.create_model("test_resnet", num_classes=10, layers=(2, 2, 2, 2))
     with pytest.raises(BBConfigError, match=r"conv/linear layers not in the config: \['layer1.1.conv1'"):
         apply_config(bigger, cfg)
+
+
+def _minmax_config() -> dict:
+    from bb_lightning.export import build_config
+    from bb_lightning.methods.bit_pruning import BitPruningConfig
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    records = plan_layers(model, WrapConfig(), torch.zeros(1, 1, 8, 8))
+    modules = apply_plan(model, records, "bit_pruning", BitPruningConfig(weight_granularity="group", group_size=2))
+    model(torch.randn(2, 1, 8, 8))
+    return build_config(records, modules, "bit_pruning", 8, "Sequential").to_dict()
+
+
+def test_minmax_config_roundtrips_with_granularity(tmp_path):
+    d = _minmax_config()
+    w = d["layers"]["0"]["weight"]
+    assert w["grid"] == "minmax" and w["granularity"] == "group:2" and len(w["channel_bits"]) == 4
+    assert len(w["channel_ranges"]) == 4 and d["layers"]["3"]["input"]["grid"] == "minmax"
+    path = tmp_path / "bp.json"
+    path.write_text(json.dumps(d))
+    assert MixedPrecisionConfig.load(path).to_dict() == d
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda d: d["layers"]["0"]["weight"].update(grid="log"), r"layers\['0'\]\.weight\.grid"),
+        (lambda d: d["layers"]["0"]["weight"].update(granularity="row"), r"layers\['0'\]\.weight\.granularity"),
+        (lambda d: d["layers"]["0"]["weight"]["channel_bits"].pop(), r"layers\['0'\]\.weight\.channel_bits"),
+        (lambda d: d["layers"]["0"]["weight"].update(channel_bits=[9, 9, 9, 9]), r"weight\.channel_bits"),
+        (lambda d: d["layers"]["0"]["weight"]["channel_ranges"].append([0, 1]), r"weight\.channel_ranges"),
+        (lambda d: d["layers"]["0"]["weight"]["channel_ranges"][0].reverse(), r"weight\.channel_ranges"),
+        (lambda d: d["layers"]["0"]["weight"].update(range=[1.0, -1.0]), r"weight\.range.*lo <= hi"),
+        (lambda d: d["layers"]["3"]["input"].update(channel_bits=[2]), r"layers\['3'\]\.input\.channel_bits"),
+        (lambda d: d["layers"]["0"]["weight"].update(grid="symmetric"), r"weight\.channel_ranges.*minmax"),
+    ],
+)
+def test_minmax_config_errors_name_the_key(tmp_path, mutate, match):
+    d = _minmax_config()
+    d["layers"]["0"]["weight"]["channel_ranges"][0] = [-0.5, 0.25]  # a range that is not symmetric when reversed
+    mutate(d)
+    path = tmp_path / "bp.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(BBConfigError, match=match):
+        MixedPrecisionConfig.load(path)
