@@ -36,7 +36,9 @@ def test_fit_prints_result_and_exports_integer_bitlengths(tmp_path, capsys):
         "--trainer.enable_progress_bar", "false",
         "--trainer.callbacks.init_args.finetune_epochs", "1",
         "--trainer.callbacks.init_args.warmup_epochs", "0",
-        "--trainer.callbacks.init_args.bit_lr", "0.3",
+        "--trainer.callbacks.init_args.ramp_epochs", "0",
+        "--trainer.callbacks.init_args.strength", "5.0",
+        "--trainer.callbacks.init_args.bit_lr", "0.6",
         "--model.model_name", "test_resnet",
     ])
     out = capsys.readouterr().out
