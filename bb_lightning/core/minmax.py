@@ -26,30 +26,38 @@ from torch import Tensor
 MIN_SPAN: float = 1e-8
 
 
-def _grid(x: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    """``(clip(x, lo, hi) - lo, hi - lo)`` with the width guarded by `MIN_SPAN`."""
-    span = (hi - lo).clamp_min(MIN_SPAN)
-    return torch.clamp(x, lo, lo + span) - lo, span
+def _span(lo: Tensor, hi: Tensor) -> Tensor:
+    return (hi - lo).clamp_min(MIN_SPAN)
 
 
-def _level(u: Tensor, span: Tensor, bits: Tensor) -> Tensor:
-    """``s_b * round(u / s_b)`` for ``u`` in ``[0, span]``; ``bits`` a float tensor of integers."""
-    step = span / (torch.exp2(bits) - 1.0)
-    return torch.round(u / step) * step
+def _step(span: Tensor, bits: Tensor) -> Tensor:
+    """``s_b = span / (2^b - 1)``; ``bits`` a float tensor of integers."""
+    return span / (torch.exp2(bits) - 1.0)
+
+
+def _clip(x: Tensor, lo: Tensor, span: Tensor) -> tuple[Tensor, Tensor]:
+    """``(clip(x, lo, lo + span) - lo`` as a new tensor, the boolean mask of elements inside the range)``."""
+    xc = torch.clamp(x, lo, lo + span)
+    inside = xc == x
+    return xc.sub_(lo), inside
 
 
 def minmax_quantize_reference(x: Tensor, lo: Tensor, hi: Tensor, bits: Tensor) -> Tensor:
     """`minmax_quantize` without the custom gradient (the same arithmetic; for tests and inference)."""
-    u, span = _grid(x, lo, hi)
-    return lo + _level(u, span, bits)
+    span = _span(lo, hi)
+    u, _ = _clip(x, lo, span)
+    step = _step(span, bits)
+    return u.div_(step).round_().mul_(step).add_(lo)
 
 
 class _MinMaxQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, lo: Tensor, hi: Tensor, bits: Tensor) -> Tensor:  # type: ignore[override]
-        u, span = _grid(x, lo, hi)
-        ctx.save_for_backward((x >= lo) & (x <= hi))
-        return lo + _level(u, span, bits)
+        span = _span(lo, hi)
+        u, inside = _clip(x, lo, span)
+        ctx.save_for_backward(inside)
+        step = _step(span, bits)
+        return u.div_(step).round_().mul_(step).add_(lo)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -62,12 +70,14 @@ class _FractionalQuantize(torch.autograd.Function):
     def forward(ctx, x: Tensor, n: Tensor, lo: Tensor, hi: Tensor) -> Tensor:  # type: ignore[override]
         f = torch.floor(n)
         a = n - f
-        u, span = _grid(x, lo, hi)
-        q0 = _level(u, span, f)
-        delta = _level(u, span, f + 1.0).sub_(q0)
-        ctx.save_for_backward((x >= lo) & (x <= hi), delta)
+        span = _span(lo, hi)
+        u, inside = _clip(x, lo, span)
+        s0, s1 = _step(span, f), _step(span, f + 1.0)
+        q0 = torch.div(u, s0).round_().mul_(s0)
+        delta = u.div_(s1).round_().mul_(s1).sub_(q0)  # Q_{f+1} - Q_f, in the buffer of u
+        ctx.save_for_backward(inside, delta)
         ctx.n_shape = n.shape
-        return (lo + q0).add_(a * delta)
+        return torch.addcmul(q0.add_(lo), a, delta)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -75,9 +85,14 @@ class _FractionalQuantize(torch.autograd.Function):
         grad_x = grad * inside if ctx.needs_input_grad[0] else None
         grad_n = None
         if ctx.needs_input_grad[1]:
-            grad_n = (grad * delta).sum_to_size(ctx.n_shape) if len(ctx.n_shape) else torch.dot(
-                grad.reshape(-1), delta.reshape(-1)
-            )
+            shape = ctx.n_shape
+            if not len(shape) or all(d == 1 for d in shape):
+                grad_n = torch.dot(grad.reshape(-1), delta.reshape(-1)).reshape(shape)
+            elif shape[0] == grad.shape[0] and all(d == 1 for d in shape[1:]):  # per output channel: batched dots
+                c = grad.shape[0]
+                grad_n = torch.bmm(grad.reshape(c, 1, -1), delta.reshape(c, -1, 1)).reshape(shape)
+            else:
+                grad_n = (grad * delta).sum_to_size(shape)
         return grad_x, grad_n, None, None
 
 
