@@ -7,6 +7,7 @@ from torch import nn
 
 from ..errors import BBConfigError
 from ..methods.fixed import FixedQuantizer
+from ..wrap.bn_fold import fold_bn_static
 from ..wrap.layers import is_wrapped, wrap_layer
 from .config import MixedPrecisionConfig
 
@@ -43,12 +44,17 @@ def apply_config(model: nn.Module, config: MixedPrecisionConfig | str) -> nn.Mod
 
     ``model`` must have the architecture the config was exported from and should carry the trained float weights
     (the searched model's state dict keeps every original key, so ``model.load_state_dict(sd, strict=False)``
-    works). The result has no gates: each layer is a fixed-bit fake-quantized layer whose outputs equal the searched
+    works). If the config says the search folded BatchNorm into some layers (``config.model["bn_fold"]``), those
+    pairs are folded statically first (`bb_lightning.wrap.bn_fold.fold_bn_static`, from the model's running
+    statistics), so the fixed layers quantize the same folded weights. The result has no gates: each layer is a fixed-bit fake-quantized layer whose outputs equal the searched
     model's deterministic (evaluation) outputs.
     """
     if not isinstance(config, MixedPrecisionConfig):
         config = MixedPrecisionConfig.load(config)
     check_model(model, config)
+    folds = config.model.get("bn_fold") or {}
+    for layer, fold in folds.items():
+        fold_bn_static(model, layer, fold["bn"])
     modules = dict(model.named_modules())
     for name, layer in config.layers.items():
         if not layer["quantized"]:
