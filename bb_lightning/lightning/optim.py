@@ -38,10 +38,10 @@ class LRSchedule:
             (the reference's MNIST/CIFAR ``LambdaLR``, spec 3.8).
         ``multistep``: ``gamma ** (number of milestones <= t)`` (ImageNet: milestones 10, 20 and gamma 0.1).
 
-    >>> [round(LRSchedule("hold_linear", total=6)(t), 3) for t in range(6)]
-    [1.0, 1.0, 1.0, 1.0, 1.0, 0.5]
-    >>> [LRSchedule("multistep", total=30, milestones=(1, 2), gamma=0.5)(t) for t in range(3)]
-    [1.0, 0.5, 0.25]
+    >>> tuple(round(LRSchedule("hold_linear", total=6)(t), 3) for t in range(6))
+    (1.0, 1.0, 1.0, 1.0, 1.0, 0.5)
+    >>> tuple(LRSchedule("multistep", total=30, milestones=(1, 2), gamma=0.5)(t) for t in range(3))
+    (1.0, 0.5, 0.25)
     """
 
     kind: str = "constant"
