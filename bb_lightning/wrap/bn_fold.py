@@ -89,7 +89,7 @@ def _folded_run(layer: nn.Module, x: Tensor, w_q: Tensor) -> Tensor:
     y_fp = _plain_run(layer, x, layer.weight)  # unfolded, unquantized: only for the batch statistics
     dims = [d for d in range(y_fp.dim()) if d != 1]
     n = y_fp.numel() // y_fp.shape[1]
-    var_b, mu_b = torch.var_mean(y_fp, dim=dims, correction=0)
+    var_b, mu_b = torch.var_mean(y_fp.float(), dim=dims, correction=0)  # statistics in float32, also under AMP
     sigma_b = torch.sqrt(var_b + bn.eps)
     sigma_run = torch.sqrt(bn.running_var + bn.eps)  # before this step's update: the one W_f was folded with
     gamma = bn.weight if bn.affine else torch.ones_like(sigma_b)
