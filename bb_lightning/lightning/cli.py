@@ -6,17 +6,22 @@ then tests the fixed model and prints the test accuracy, the relative BOPs and t
 
 from __future__ import annotations
 
+from jsonargparse import lazy_instance
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .callback import QuantizationCallback
-from . import data as _data  # noqa: F401  (DigitsDataModule, importable by class_path)
+from .data import DigitsDataModule
 from . import datasets as _datasets  # noqa: F401  (MNIST, CIFAR-10, ImageNet)
 from .finetune import FixedGateFinetune
 from .module import TimmClassifier
 
 
 class BBLightningCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # the bundled, offline handwritten digits stay the data when a command gives none
+        parser.set_defaults({"data": lazy_instance(DigitsDataModule)})
+
     def after_fit(self) -> None:
         callbacks = [c for c in self.trainer.callbacks if isinstance(c, QuantizationCallback)]
         results = self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
