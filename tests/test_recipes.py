@@ -125,3 +125,13 @@ def test_cifar_search_then_finetune_from_its_checkpoint(tmp_path, capsys):
     )  # fmt: skip
     assert "fixed by the search" in out
     assert list((tmp_path / "finetune").rglob("last.ckpt"))
+
+
+def test_every_recipe_is_covered_and_digits_stay_the_default_data(capsys):
+    assert sorted(p.stem for p in RECIPES.glob("*.yaml")) == sorted(
+        [*EXPECTED, "finetune_fixed", "digits_bayesian_bits"]
+    )
+    with pytest.raises(SystemExit):
+        main(["fit", "--print_config"])
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["data"]["class_path"] == "bb_lightning.lightning.data.DigitsDataModule"

@@ -46,8 +46,8 @@ def apply_config(model: nn.Module, config: MixedPrecisionConfig | str) -> nn.Mod
     (the searched model's state dict keeps every original key, so ``model.load_state_dict(sd, strict=False)``
     works). If the config says the search folded BatchNorm into some layers (``config.model["bn_fold"]``), those
     pairs are folded statically first (`bb_lightning.wrap.bn_fold.fold_bn_static`, from the model's running
-    statistics), so the fixed layers quantize the same folded weights. The result has no gates: each layer is a fixed-bit fake-quantized layer whose outputs equal the searched
-    model's deterministic (evaluation) outputs.
+    statistics), so the fixed layers quantize the same folded weights. The result has no gates: each layer is a
+    fixed-bit fake-quantized layer whose outputs equal the searched model's deterministic (evaluation) outputs.
     """
     if not isinstance(config, MixedPrecisionConfig):
         config = MixedPrecisionConfig.load(config)

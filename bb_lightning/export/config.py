@@ -157,7 +157,9 @@ class MixedPrecisionConfig:
                 isinstance(v, dict) and isinstance(v.get("bn"), str) and v.get("mode") in ("train", "static")
                 for v in folds.values()
             ):
-                raise _fail("model.bn_fold", 'expected {"<layer>": {"bn": "<BatchNorm name>", "mode": "train"|"static"}}')
+                raise _fail(
+                    "model.bn_fold", 'expected {"<layer>": {"bn": "<BatchNorm name>", "mode": "train" or "static"}}'
+                )
             input_bits = d.get("input_bits", 8)
             if not _int(input_bits) or not 1 <= input_bits <= 32:
                 raise _fail("input_bits", f"expected an integer in [1, 32], got {input_bits!r}")

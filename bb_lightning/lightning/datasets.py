@@ -176,7 +176,7 @@ class CIFAR10DataModule(_ImageDataModule):
     """
 
     fake_image_size = (3, 32, 32)
-    _FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta")
+    _FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
 
     def __init__(
         self,

@@ -107,7 +107,9 @@ class FixedGateFinetune(pl.Callback):
         try:
             pl_module.load_state_dict(ckpt["state_dict"])
         except RuntimeError as err:
-            raise BBConfigError(f"`search_checkpoint` {self.search_checkpoint} does not fit this model: {err}") from None
+            raise BBConfigError(
+                f"`search_checkpoint` {self.search_checkpoint} does not fit this model: {err}"
+            ) from None
         state.freeze()
         config = state.export()
         for rec in state.records:  # back to the float model with the searched weights

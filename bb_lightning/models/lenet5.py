@@ -66,5 +66,5 @@ default_cfgs = generate_default_cfgs(
 
 @register_model
 def bb_lenet5(pretrained: bool = False, **kwargs: Any) -> LeNet5:
-    """LeNet-5 for MNIST (Bayesian Bits spec 8.1). ``pretrained=True`` needs ``pretrained_cfg_overlay=dict(file=...)``."""
+    """LeNet-5 for MNIST (spec 8.1); ``pretrained=True`` needs ``pretrained_cfg_overlay=dict(file=...)``."""
     return build_model_with_cfg(LeNet5, "bb_lenet5", pretrained, **kwargs)

@@ -39,8 +39,9 @@ class VGG7(ClassifierMixin, nn.Module):
             if v == "M":
                 layers.append(nn.MaxPool2d(2))
             else:
-                layers += [nn.Conv2d(c, int(v), 3, padding=1, bias=False), nn.BatchNorm2d(int(v)), nn.ReLU(inplace=True)]
-                c = int(v)
+                out = int(v)
+                layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+                c = out
         self.features = nn.Sequential(*layers)
         self.fc1 = nn.Linear(512 * 4 * 4, 1024, bias=False)
         self.bn1 = nn.BatchNorm1d(1024)
@@ -71,5 +72,5 @@ default_cfgs = generate_default_cfgs(
 
 @register_model
 def bb_vgg7(pretrained: bool = False, **kwargs: Any) -> VGG7:
-    """VGG-7 for CIFAR-10 (Bayesian Bits spec 8.2). ``pretrained=True`` needs ``pretrained_cfg_overlay=dict(file=...)``."""
+    """VGG-7 for CIFAR-10 (spec 8.2); ``pretrained=True`` needs ``pretrained_cfg_overlay=dict(file=...)``."""
     return build_model_with_cfg(VGG7, "bb_vgg7", pretrained, **kwargs)
