@@ -81,6 +81,14 @@ class GroupLambdaLR(LRScheduler):
         self.schedules_quantizer_groups = schedule_quantizer_groups
         super().__init__(optimizer)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data only (counters, base LRs): the schedule comes from the constructor, so checkpoints stay
+        loadable with ``torch.load(weights_only=True)``."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "schedule")}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.__dict__.update({k: v for k, v in state_dict.items() if k not in ("optimizer", "schedule")})
+
     def get_lr(self) -> list[float]:  # type: ignore[override]
         f = self.schedule(self.last_epoch)
         return [

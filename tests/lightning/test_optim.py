@@ -97,3 +97,20 @@ def test_fit_sgd_weights_adam_gates_and_schedules(tmp_path, schedule_q):
     assert lrs["weights"] == pytest.approx(0.05)
     assert lrs["gates"] == pytest.approx(0.02 * f) and lrs["ranges"] == pytest.approx(0.004 * f)
     assert all(g["weight_decay"] == 0.0 for g in opt.optimizers[1].param_groups)
+
+
+@pytest.mark.lightning_fit
+def test_resume_restores_split_optimizer_and_schedule(tmp_path):
+    """Checkpoints hold plain data only (``torch.load(weights_only=True)``, Lightning's default) and resume the
+    Adam state of the gate groups and the schedule position."""
+    kwargs = dict(optimizer="sgd", lr_schedule="multistep", lr_milestones=[1], schedule_quantizer_lr=True)
+    t = trainer(tmp_path, [BayesianBits()], max_epochs=1, limit_train_batches=2)
+    t.fit(tiny_module(**kwargs), datamodule=digits())
+    t.save_checkpoint(tmp_path / "a.ckpt")
+    exp_avg = {k: v["exp_avg"].clone() for k, v in enumerate(t.optimizers[0].optimizers[1].state.values())}
+    t2 = trainer(tmp_path, [BayesianBits()], max_epochs=2, limit_train_batches=2)
+    model = tiny_module(**kwargs)
+    t2.fit(model, datamodule=digits(), ckpt_path=tmp_path / "a.ckpt")
+    assert t2.global_step == 4 and t2.lr_scheduler_configs[0].scheduler.last_epoch == 2
+    assert all(g["lr"] == pytest.approx(1e-4) for g in t2.optimizers[0].param_groups)  # 1e-3 x 0.1, all groups
+    assert len(exp_avg) == len(t2.optimizers[0].optimizers[1].state) > 0
