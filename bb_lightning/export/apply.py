@@ -7,7 +7,7 @@ from torch import nn
 
 from ..errors import BBConfigError
 from ..methods.fixed import FixedQuantizer
-from ..wrap.bn_fold import fold_bn_static
+from ..wrap.bn_fold import FoldedBatchNorm, fold_bn_static
 from ..wrap.layers import is_wrapped, wrap_layer
 from .config import MixedPrecisionConfig
 
@@ -53,6 +53,16 @@ def apply_config(model: nn.Module, config: MixedPrecisionConfig | str) -> nn.Mod
         config = MixedPrecisionConfig.load(config)
     check_model(model, config)
     folds = config.model.get("bn_fold") or {}
+    modules = dict(model.named_modules())
+    unfolded = [
+        f["bn"] for f in folds.values() if f["mode"] == "static" and not isinstance(modules.get(f["bn"]), FoldedBatchNorm)
+    ]
+    if unfolded:  # the searched weights already contain those BatchNorms: folding fresh statistics would be wrong
+        raise BBConfigError(
+            f"The config comes from a search with `fold_bn='static'`, whose weights already contain the BatchNorms "
+            f"{unfolded[:5]}. Fold the fresh model first (`bb_lightning.wrap.bn_fold.fold_pairs(model, pairs, "
+            "'static')`), then load the searched weights, then call apply_config."
+        )
     for layer, fold in folds.items():
         fold_bn_static(model, layer, fold["bn"])
     modules = dict(model.named_modules())

@@ -180,8 +180,9 @@ def find_bn_pairs(root: nn.Module, example: Tensor) -> dict[str, str]:
     """``{layer name: BN name}`` for every conv/linear whose output tensor goes straight into a BatchNorm.
 
     One evaluation forward on ``example`` with hooks: a pair is found when the BN's input is the very tensor the
-    layer returned, each runs once, and the channel counts agree. Pairs whose layer type cannot be folded are
-    skipped with a warning naming them.
+    layer returned, each runs once, and the channel counts agree (the layer's output is assumed to feed nothing but
+    that BatchNorm, as in conv-BN-act blocks). Pairs whose layer type cannot be folded are skipped with a warning
+    naming them.
     """
     outputs: dict[str, Any] = {}
     calls: dict[str, int] = {}

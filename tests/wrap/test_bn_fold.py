@@ -188,3 +188,27 @@ def test_bad_fold_requests_raise():
              "layers": {"0": {"type": "Conv2d", "weight_shape": [1], "macs": 1, "quantized": False, "weight": None,
                               "input": None, "kept_channels": None, "bops": 0.0}}}
         )  # fmt: skip
+
+
+def test_static_search_export_needs_a_folded_model():
+    """With ``fold_bn="static"`` the searched weights already contain the BatchNorm: apply_config refuses an
+    unfolded model (folding its fresh statistics would silently change the network) and accepts a folded one."""
+    torch.manual_seed(0)
+    model = randomize_bn(small_cnn())
+    recs = plan_layers(model, WrapConfig(fold_bn="static"), torch.zeros(1, 3, 6, 6))
+    mods = apply_plan(model, recs, "bayesian_bits", BayesianBitsConfig())
+    assert isinstance(model[1], FoldedBatchNorm) and model[3].bias is not None
+    x = torch.randn(4, 3, 6, 6)
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    ref = model(x)
+    config = build_config(recs, mods, "bayesian_bits", 8)
+    with pytest.raises(BBConfigError, match="fold_bn='static'"):
+        apply_config(small_cnn(), config)
+    fresh = small_cnn()
+    fold_pairs(fresh, {n: f["bn"] for n, f in config.model["bn_fold"].items()}, "static")
+    fresh.load_state_dict(model.state_dict(), strict=False)
+    apply_config(fresh, config).eval()
+    assert (fresh(x) - ref).abs().max().item() < 1e-5
