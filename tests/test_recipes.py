@@ -36,12 +36,12 @@ FAST = [
     "--data.init_args.fake_size", "4",
     "--data.init_args.batch_size", "2",
 ]  # fmt: skip
-SMALL_IMAGENET = [  # the ImageNet recipes at 64x64 (same networks, a 12x cheaper stand-in)
+SMALL_IMAGENET = [  # the ImageNet recipes at 32x32 (same networks, a 49x cheaper stand-in)
     "--model.pretrained", "false",
-    "--model.input_size", "[3, 64, 64]",
-    "--trainer.callbacks.init_args.input_size", "[3, 64, 64]",
-    "--data.init_args.image_size", "64",
-    "--data.init_args.resize_size", "72",
+    "--model.input_size", "[3, 32, 32]",
+    "--trainer.callbacks.init_args.input_size", "[3, 32, 32]",
+    "--data.init_args.image_size", "32",
+    "--data.init_args.resize_size", "36",
     "--data.init_args.num_workers", "0",
     "--data.init_args.pin_memory", "false",
 ]  # fmt: skip
@@ -122,6 +122,8 @@ def test_cifar_search_then_finetune_from_its_checkpoint(tmp_path, capsys):
         "--data", "bb_lightning.lightning.datasets.CIFAR10DataModule",
         "--data.init_args.fake_size", "4",
         "--data.init_args.batch_size", "2",
+        "--data.init_args.num_workers", "0",  # jsonargparse keeps the recipe's ImageNet value otherwise
+        "--data.init_args.data_dir", str(tmp_path),
     )  # fmt: skip
     assert "fixed by the search" in out
     assert list((tmp_path / "finetune").rglob("last.ckpt"))

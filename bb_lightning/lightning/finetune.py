@@ -125,9 +125,10 @@ class FixedGateFinetune(pl.Callback):
         config = MixedPrecisionConfig.load(self.config_path, model=root)  # type: ignore[arg-type]
         if self.weights is not None:
             data = _load_file(self.weights, "weights")
-            sd = data.get("state_dict", data)
-            prefix = f"{self._root_attr_name}." if self._root_attr_name else ""
-            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            sd = data
+            if isinstance(data.get("state_dict"), dict):  # a Lightning checkpoint: keys of the LightningModule
+                prefix = f"{self._root_attr_name}." if self._root_attr_name else ""
+                sd = {k[len(prefix):]: v for k, v in data["state_dict"].items() if k.startswith(prefix)}
             sd = {k: v for k, v in sd.items() if "_quantizer." not in k}
             missing, unexpected = root.load_state_dict(sd, strict=False)
             if missing or unexpected:

@@ -31,6 +31,7 @@ def search(tmp_path_factory):
             if q.prune_log_alpha is not None:
                 q.prune_log_alpha.copy_(torch.randn(q.prune_log_alpha.shape, generator=g) * 2 + 1)
     model.trainer.save_checkpoint(tmp / "search.ckpt")
+    torch.save(model.model.state_dict(), tmp / "weights.pth")  # a plain state dict (with quantizer entries)
     get_state(model).export().save(tmp / "config.json")
     x = torch.randn(8, 1, 16, 16)
     model.eval()
@@ -73,10 +74,11 @@ def test_finetune_from_search_checkpoint(search, tmp_path):
     assert any(n.endswith("x_max") for n in changed) and any(n.endswith("weight") for n in changed)
 
 
-def test_finetune_from_exported_config_and_weights(search):
+@pytest.mark.parametrize("weights", ["search.ckpt", "weights.pth"])
+def test_finetune_from_exported_config_and_weights(search, weights):
     tmp, x, logits = search
     module = tiny_module()
-    ft = FixedGateFinetune(config=str(tmp / "config.json"), weights=str(tmp / "search.ckpt"))
+    ft = FixedGateFinetune(config=str(tmp / "config.json"), weights=str(tmp / weights))
     ft.setup(None, module, "validate")  # type: ignore[arg-type]
     _check_fixed(module, x, logits)
 
