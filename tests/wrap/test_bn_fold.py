@@ -81,6 +81,9 @@ def test_static_fold_keeps_eval_logits(model_name):
     assert (out - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item())
     fold_pairs(folded, pairs, "static")  # already folded: nothing changes
     assert torch.equal(folded(x), out)
+    train_folded = copy.deepcopy(model)  # training-time folding: same eval logits, BatchNormAct2d keeps its act
+    fold_pairs(train_folded, pairs, "train")
+    assert (train_folded(x) - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item())
 
 
 def test_static_fold_matches_float64_formula():
