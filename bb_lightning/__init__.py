@@ -5,6 +5,7 @@ Public API (stable): `BayesianBits` and `BitPruning` (callbacks), `CostRegulariz
 """
 
 from . import methods as _methods  # noqa: F401  (registers the built-in methods)
+from . import models as _models  # noqa: F401  (registers the timm models bb_lenet5, bb_vgg7)
 from ._registry import get_method as get_method
 from ._registry import list_methods as list_methods
 from ._registry import register_method as register_method

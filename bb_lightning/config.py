@@ -20,6 +20,12 @@ class FirstLayer(str, Enum):
     FLOAT = "float"  #: leave the layer float (counted at 32-bit weights)
 
 
+class FoldBN(str, Enum):
+    NONE = "none"  #: leave BatchNorm alone
+    TRAIN = "train"  #: training-time folding (spec 5.5): quantize the folded weight, batch statistics in training
+    STATIC = "static"  #: fold the running statistics once (fine-tuning, export)
+
+
 class LastLayer(str, Enum):
     NO_PRUNE = "no_prune"  #: quantize weights and input, but never prune the classifier's outputs
     FULL = "full"  #: like any other layer
@@ -55,6 +61,8 @@ class WrapConfig:
         last_layer: policy for the last layer that runs, usually the classifier (see `LastLayer`).
         quantize_activations: attach input quantizers (otherwise weights only; inputs counted at 32 bits).
         input_bits: bit width assumed for the unquantized network input in BOPs (spec 4.1: 8).
+        fold_bn: fold a BatchNorm that follows a wrapped conv/linear into it, so the folded weight is quantized:
+            ``"none"``, ``"train"`` or ``"static"`` (see `FoldBN` and `bb_lightning.wrap.bn_fold`).
     """
 
     include: Sequence[str] | None = None
@@ -63,12 +71,14 @@ class WrapConfig:
     last_layer: LastLayer | str = LastLayer.NO_PRUNE
     quantize_activations: bool = True
     input_bits: int = 8
+    fold_bn: FoldBN | str = FoldBN.NONE
     include_patterns: tuple[str, ...] = field(init=False, repr=False)
     exclude_patterns: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.first_layer = _enum(FirstLayer, "first_layer", self.first_layer)
         self.last_layer = _enum(LastLayer, "last_layer", self.last_layer)
+        self.fold_bn = _enum(FoldBN, "fold_bn", self.fold_bn)
         self.include_patterns = _patterns("include", self.include)
         self.exclude_patterns = _patterns("exclude", self.exclude)
         if not isinstance(self.quantize_activations, bool):

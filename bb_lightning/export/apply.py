@@ -7,6 +7,7 @@ from torch import nn
 
 from ..errors import BBConfigError
 from ..methods.fixed import FixedMinMaxQuantizer, FixedQuantizer
+from ..wrap.bn_fold import FoldedBatchNorm, fold_bn_static
 from ..wrap.layers import is_wrapped, wrap_layer
 from .config import MixedPrecisionConfig
 
@@ -56,12 +57,27 @@ def apply_config(model: nn.Module, config: MixedPrecisionConfig | str) -> nn.Mod
 
     ``model`` must have the architecture the config was exported from and should carry the trained float weights
     (the searched model's state dict keeps every original key, so ``model.load_state_dict(sd, strict=False)``
-    works). The result has no gates: each layer is a fixed-bit fake-quantized layer whose outputs equal the searched
-    model's deterministic (evaluation) outputs.
+    works). If the config says the search folded BatchNorm into some layers (``config.model["bn_fold"]``), those
+    pairs are folded statically first (`bb_lightning.wrap.bn_fold.fold_bn_static`, from the model's running
+    statistics), so the fixed layers quantize the same folded weights. The result has no gates: each layer is a
+    fixed-bit fake-quantized layer whose outputs equal the searched model's deterministic (evaluation) outputs.
     """
     if not isinstance(config, MixedPrecisionConfig):
         config = MixedPrecisionConfig.load(config)
     check_model(model, config)
+    folds = config.model.get("bn_fold") or {}
+    modules = dict(model.named_modules())
+    unfolded = [
+        f["bn"] for f in folds.values() if f["mode"] == "static" and not isinstance(modules.get(f["bn"]), FoldedBatchNorm)
+    ]
+    if unfolded:  # the searched weights already contain those BatchNorms: folding fresh statistics would be wrong
+        raise BBConfigError(
+            f"The config comes from a search with `fold_bn='static'`, whose weights already contain the BatchNorms "
+            f"{unfolded[:5]}. Fold the fresh model first (`bb_lightning.wrap.bn_fold.fold_pairs(model, pairs, "
+            "'static')`), then load the searched weights, then call apply_config."
+        )
+    for layer, fold in folds.items():
+        fold_bn_static(model, layer, fold["bn"])
     modules = dict(model.named_modules())
     for name, layer in config.layers.items():
         if not layer["quantized"]:

@@ -59,10 +59,14 @@ def build_config(
             if mask is not None and not bool(mask.all()):
                 entry["kept_channels"] = [int(i) for i in mask.nonzero().view(-1).tolist()]
         layers[rec.name] = entry
+    model: dict = {"class": model_class}
+    folds = {r.name: {"bn": r.bn, "mode": r.fold_bn} for r in records if r.bn is not None and r.fold_bn != "none"}
+    if folds:  # the weights these ranges/bits describe are BN-folded: `apply_config` folds the same pairs
+        model["bn_fold"] = folds
     return MixedPrecisionConfig(
         method=method,
         layers=layers,
         totals=cost_totals(list(costs.values())),
         input_bits=input_bits,
-        model={"class": model_class},
+        model=model,
     )

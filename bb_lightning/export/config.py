@@ -7,7 +7,9 @@ Schema (version 1)::
       "version": 1,
       "method": "bayesian_bits",
       "input_bits": 8,                         # bits assumed for the unquantized network input (BOPs)
-      "model": {"class": "ResNet"},            # informative
+      "model": {"class": "ResNet",             # informative
+                "bn_fold": {"conv1": {"bn": "bn1", "mode": "train"}}},  # only if BatchNorm was folded into
+                                               # layers: their weights are the folded ones (apply_config folds too)
       "layers": {                              # keyed by module name relative to the model, network order
         "layer1.0.conv1": {
           "type": "Conv2d",
@@ -203,6 +205,14 @@ class MixedPrecisionConfig:
                 raise _fail("method", f"expected a method name, got {d['method']!r}")
             if not isinstance(d.get("model", {}), dict):
                 raise _fail("model", f"expected an object, got {type(d['model']).__name__}")
+            folds = d.get("model", {}).get("bn_fold", {})
+            if not isinstance(folds, dict) or not all(
+                isinstance(v, dict) and isinstance(v.get("bn"), str) and v.get("mode") in ("train", "static")
+                for v in folds.values()
+            ):
+                raise _fail(
+                    "model.bn_fold", 'expected {"<layer>": {"bn": "<BatchNorm name>", "mode": "train" or "static"}}'
+                )
             input_bits = d.get("input_bits", 8)
             if not _int(input_bits) or not 1 <= input_bits <= 32:
                 raise _fail("input_bits", f"expected an integer in [1, 32], got {input_bits!r}")

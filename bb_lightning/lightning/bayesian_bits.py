@@ -37,6 +37,9 @@ class BayesianBits(QuantizationCallback):
         last_layer: ``"no_prune"`` (quantized, never pruned), ``"full"`` or ``"float"``.
         quantize_activations: quantize every wrapped layer's input.
         input_bits: bits assumed for the float network input in BOPs (ref: 8).
+        fold_bn: fold a BatchNorm that follows a quantized conv/linear into it, so the folded weight is quantized:
+            ``"none"``, ``"train"`` (training-time folding with batch statistics, spec 5.5; the reference) or
+            ``"static"`` (running statistics folded once); see `bb_lightning.wrap.bn_fold`.
         gate_lr: learning rate of the gate parameters (ref: 1e-3 with Adam).
         range_lr: learning rate of the range parameters (ref: 1e-3 with Adam).
         finetune_epochs: fix the gates for the last N epochs of ``fit`` and fine-tune weights and ranges (spec 5.4).
@@ -69,6 +72,7 @@ class BayesianBits(QuantizationCallback):
         last_layer: str = "no_prune",
         quantize_activations: bool = True,
         input_bits: int = 8,
+        fold_bn: str = "none",
         gate_lr: float = 1e-3,
         range_lr: float = 1e-3,
         finetune_epochs: int = 0,
@@ -92,6 +96,7 @@ class BayesianBits(QuantizationCallback):
             last_layer=last_layer,
             quantize_activations=quantize_activations,
             input_bits=input_bits,
+            fold_bn=fold_bn,
         )
         super().__init__(
             "bayesian_bits",

@@ -43,6 +43,8 @@ class BitPruning(QuantizationCallback):
         last_layer: ``"no_prune"`` or ``"full"`` (the same here: BitPruning prunes no channels), or ``"float"``.
         quantize_activations: quantize every wrapped layer's input.
         input_bits: bits assumed for the float network input in the costs (ref: 8).
+        fold_bn: fold a BatchNorm that follows a quantized conv/linear into it, so the folded weight is quantized:
+            ``"none"``, ``"train"`` (training-time folding) or ``"static"``; see `bb_lightning.wrap.bn_fold`.
         bit_lr: learning rate of the bitlength parameters (spec: 1e-2 with Adam; no weight decay).
         warmup_epochs: epochs (may be fractional) at the initial bitlengths without penalty.
         ramp_epochs: epochs over which the strength rises linearly from 0 to its value.
@@ -80,6 +82,7 @@ class BitPruning(QuantizationCallback):
         last_layer: str = "no_prune",
         quantize_activations: bool = True,
         input_bits: int = 8,
+        fold_bn: str = "none",
         bit_lr: float = 1e-2,
         warmup_epochs: float = 0.0,
         ramp_epochs: float = 0.0,
@@ -106,6 +109,7 @@ class BitPruning(QuantizationCallback):
             last_layer=last_layer,
             quantize_activations=quantize_activations,
             input_bits=input_bits,
+            fold_bn=fold_bn,
         )
         cost = BitCostConfig(
             kind=regularizer, strength=strength, target=target, budget_mode=budget_mode, dual_lr=dual_lr

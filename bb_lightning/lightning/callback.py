@@ -227,6 +227,8 @@ class QuantizationCallback(pl.Callback):
             optimizer = getattr(scheduler, "optimizer", None)
             groups = getattr(optimizer, "param_groups", None)
             ours = [g for g in groups if g.get(_GROUP_TAG)] if groups is not None else []
+            if getattr(scheduler, "schedules_quantizer_groups", False):
+                ours = []  # a scheduler that asks for them (e.g. the reference's ImageNet MultiStepLR) keeps them
             if ours:
                 groups[:] = [g for g in groups if not g.get(_GROUP_TAG)]
             try:

@@ -6,14 +6,22 @@ then tests the fixed model and prints the test accuracy, the relative BOPs and t
 
 from __future__ import annotations
 
-from lightning.pytorch.cli import LightningCLI
+from jsonargparse import lazy_instance
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .callback import QuantizationCallback
 from .data import DigitsDataModule
+from . import datasets as _datasets  # noqa: F401  (MNIST, CIFAR-10, ImageNet)
+from .finetune import FixedGateFinetune
 from .module import TimmClassifier
 
 
 class BBLightningCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # the bundled, offline handwritten digits stay the data when a command gives none
+        parser.set_defaults({"data": lazy_instance(DigitsDataModule)})
+
     def after_fit(self) -> None:
         callbacks = [c for c in self.trainer.callbacks if isinstance(c, QuantizationCallback)]
         results = self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
@@ -30,12 +38,17 @@ class BBLightningCLI(LightningCLI):
                 print(f"weight memory : {t['weight_memory_bytes'] / 1024:.1f} KiB "
                       f"({t['average_weight_bits']:.2f} bits/param)")
                 print(f"config        : {cb.config_path}")
+        for ft in self.trainer.callbacks:
+            if isinstance(ft, FixedGateFinetune) and ft.config is not None:
+                t = ft.config.totals
+                print(f"relative BOPs : {100 * t['relative_bops']:.3f}% of w32a32 ({t['bops'] / 1e9:.4f} GBOPs), "
+                      "fixed by the search")
 
 
 def main(args: list[str] | None = None) -> None:
     BBLightningCLI(
         TimmClassifier,
-        DigitsDataModule,
+        LightningDataModule,  # any datamodule by class_path: DigitsDataModule, MNISTDataModule, ImageNetDataModule ...
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,

@@ -15,6 +15,7 @@ from ..cost.macs import count_macs
 from ..errors import BBConfigError
 from ..methods.base import QuantizerBase
 from .adapters import get_adapter, is_candidate
+from .bn_fold import find_bn_pairs, fold_pairs
 from .layers import is_wrapped, wrap_layer
 
 
@@ -32,6 +33,8 @@ class LayerRecord:
     is_first: bool = False
     is_last: bool = False
     input_numel: int = 0  # per-sample input elements (activation memory)
+    bn: str | None = None  #: name of the BatchNorm folded into this layer (see `bb_lightning.wrap.bn_fold`)
+    fold_bn: str = "none"  #: how it is folded: "train" or "static"
 
     @property
     def params(self) -> int:
@@ -91,6 +94,7 @@ def plan_layers(root: nn.Module, cfg: WrapConfig, example: Tensor) -> list[Layer
             f"These layers did not run through their own forward on the example input and are left float: {skipped}",
             stacklevel=2,
         )
+    folds = find_bn_pairs(root, example) if cfg.fold_bn.value != "none" else {}
     ordered = sorted(counts, key=lambda n: counts[n].order)
     if not any(n in selected for n in ordered):
         raise BBConfigError(f"None of the selected layers of `{type(root).__name__}` ran on the example input.")
@@ -121,6 +125,8 @@ def plan_layers(root: nn.Module, cfg: WrapConfig, example: Tensor) -> list[Layer
                 is_first=first,
                 is_last=last,
                 input_numel=counts[name].input_numel,
+                bn=folds.get(name) if wrapped else None,
+                fold_bn=cfg.fold_bn.value if wrapped and name in folds else "none",
             )
         )
     # layers that never ran (e.g. nn.MultiheadAttention.out_proj): float, 0 MACs, listed so the export names
@@ -138,7 +144,8 @@ def apply_plan(
 ) -> dict[str, nn.Module]:
     """Wrap the planned layers of ``root`` in place with quantizers of ``method``; returns name -> layer.
 
-    Weight ranges are initialised from the weights immediately; input ranges at the first training batch.
+    A BatchNorm recorded for a layer is folded into it first (``rec.fold_bn``). Weight ranges are initialised from
+    the (folded) weights immediately; input ranges at the first training batch.
     """
     entry = get_method(method)
     modules = dict(root.named_modules())
@@ -156,6 +163,8 @@ def apply_plan(
             raise BBConfigError(
                 f"Layer `{rec.name}` has weight shape {tuple(m.weight.shape)}, the plan expects {rec.weight_shape}."
             )
+        if rec.bn is not None:
+            fold_pairs(root, {rec.name: rec.bn}, rec.fold_bn)
         adapter = get_adapter(m, rec.name)
         wq: QuantizerBase = entry.quantizer(method_config, "weight", int(m.weight.shape[0]), rec.prune)
         wq.to(m.weight.device)

@@ -232,6 +232,6 @@ def test_module_without_mixin_errors(tmp_path):
 
 
 def test_sgd_warns_about_gates(tmp_path):
-    model = tiny_module(optimizer="sgd")
+    model = tiny_module(optimizer="sgd", quantizer_optimizer="same")  # SGD on the gates too
     with pytest.warns(UserWarning, match="not adaptive"):
         trainer(tmp_path, [BayesianBits()], limit_train_batches=1).fit(model, datamodule=digits())
