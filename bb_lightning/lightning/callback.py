@@ -261,29 +261,26 @@ class QuantizationCallback(pl.Callback):
                 stacklevel=2,
             )
         for name, params in groups.items():
-            params = [p for p in params if p.requires_grad]  # frozen bit widths are not optimised
-            if not params:
-                continue
+            # frozen bit widths are not optimised; their (then empty) group stays, so the optimizer has the same
+            # groups before and after a fit is resumed in its fine-tuning phase
+            params = [p for p in params if p.requires_grad]
             lr = self.group_lrs[name]
             group = {"params": params, "lr": lr, "initial_lr": lr, "weight_decay": 0.0, _GROUP_TAG: name}
             optimizer.add_param_group(group)
 
     def _freeze(self, trainer: pl.Trainer, state: QuantizationState) -> None:
-        """Fix the bit widths and drop the now-frozen parameters (and their optimizer state) from the optimizers."""
+        """Fix the bit widths and drop the now-frozen parameters (and their optimizer state) from their groups."""
         state.freeze()
         for optimizer in trainer.optimizers:
-            kept = []
-            for group in optimizer.param_groups:
-                if not group.get(_GROUP_TAG):
-                    kept.append(group)
-                    continue
-                for p in group["params"]:
-                    if not p.requires_grad:
-                        optimizer.state.pop(p, None)
-                group["params"] = [p for p in group["params"] if p.requires_grad]
-                if group["params"]:
-                    kept.append(group)
-            optimizer.param_groups[:] = kept
+            # an optimizer that wraps others (e.g. `SplitOptimizer`) shares their group dicts: prune the inner ones
+            for inner in getattr(optimizer, "optimizers", None) or [optimizer]:
+                for group in inner.param_groups:
+                    if not group.get(_GROUP_TAG):
+                        continue
+                    for p in group["params"]:
+                        if not p.requires_grad:
+                            inner.state.pop(p, None)
+                    group["params"] = [p for p in group["params"] if p.requires_grad]
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.finetune_epochs:

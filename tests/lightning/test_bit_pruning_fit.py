@@ -40,8 +40,8 @@ def test_fit_learns_bitlengths_and_exports_integers(tmp_path):
     assert mean < 7.8, f"the penalty should lower the bitlengths (mean {mean:.3f})"
     assert all(not p.requires_grad for n, p in model.named_parameters() if n.endswith("bitlength"))
     # the frozen bitlengths left the optimizer (parameters and state)
-    groups = {g.get("bb_lightning") for g in t.optimizers[0].param_groups}
-    assert "bits" not in groups
+    groups = {g.get("bb_lightning"): g["params"] for g in t.optimizers[0].param_groups}
+    assert groups["bits"] == []  # the group stays (same groups on resume), empty
     frozen = {id(p) for n, p in model.named_parameters() if n.endswith("bitlength")}
     assert not frozen & {id(p) for p in t.optimizers[0].state}
     # export: integer bits by the ceil rule, min-max grids, per-channel widths and ranges
@@ -157,3 +157,22 @@ def test_load_from_checkpoint_rebuilds_bit_pruning(tmp_path):
     x = torch.randn(3, 1, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_resume_in_the_finetune_phase_with_split_optimizer(tmp_path):
+    """SGD weights + Adam bitlengths (`SplitOptimizer`); the checkpoint is taken after the bitlengths froze."""
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_epochs=1)
+
+    def fit(max_epochs, callbacks=(), ckpt_path=None):
+        model = tiny_module(optimizer="sgd", lr=0.01)
+        cb = BitPruning(strength=1.0, bit_lr=0.3, finetune_epochs=1)
+        t = trainer(tmp_path, [cb, *callbacks], max_epochs=max_epochs, limit_train_batches=2, limit_val_batches=1,
+                    enable_checkpointing=bool(callbacks))
+        t.fit(model, datamodule=digits(batch_size=8), ckpt_path=ckpt_path)
+        return model, t
+
+    first, _ = fit(2, [ckpt])
+    resumed, t = fit(3, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert t.global_step == 6
+    assert all(torch.equal(a, b) for a, b in zip(_bits(first).values(), _bits(resumed).values()))
+    assert all(not p.requires_grad for n, p in resumed.named_parameters() if n.endswith("bitlength"))

@@ -74,9 +74,9 @@ def test_second_fit_uses_the_new_strength_and_lrs(tmp_path):
         t.fit(model, datamodule=digits())
     state = get_state(model)
     assert state.cost.strength == 0.5
-    lrs = {g.get("bb_lightning"): g["lr"] for g in t.optimizers[0].param_groups}
-    assert lrs["ranges"] == pytest.approx(0.2)
-    assert "gates" not in lrs  # the first fit fixed the gates: they are no longer optimised
+    groups = {g.get("bb_lightning"): g for g in t.optimizers[0].param_groups}
+    assert groups["ranges"]["lr"] == pytest.approx(0.2)
+    assert groups["gates"]["params"] == []  # the first fit fixed the gates: they are no longer optimised
 
 
 def test_excluded_layers_count_as_float_and_are_exported(tmp_path):

@@ -176,7 +176,7 @@ def test_eval_and_frozen_use_the_rounded_integer_grid():
     assert torch.equal(q(w), minmax_quantize(w, lo, hi, _t(4)))  # ceil(3.4 - 0.05)
     q.train()
     q.freeze()
-    assert not q.bitlength.requires_grad and q.parameter_groups() == {}
+    assert not q.bitlength.requires_grad and q.parameter_groups() == {"bits": [q.bitlength]}
     assert torch.equal(q(w), minmax_quantize(w, lo, hi, _t(4)))
 
 

@@ -104,7 +104,7 @@ class BitPruningQuantizer(QuantizerBase):
         self.bitlength.requires_grad_(False)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {} if self.frozen else {"bits": [self.bitlength]}
+        return {"bits": [self.bitlength]}  # frozen (requires_grad=False) bitlengths are left out by the callback
 
     def log_details(self) -> dict[str, Tensor]:
         """Per-quantizer values for dashboards: the continuous bitlength(s)."""
