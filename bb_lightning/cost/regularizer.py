@@ -51,6 +51,11 @@ class CostRegularizer:
             else:
                 self._loose.append((q, scale))
 
+    @property
+    def strength(self) -> float:
+        """The strength ``mu`` in effect (multiplies `raw` in the loss); read-only."""
+        return float(self.cost.strength)
+
     def raw(self) -> Tensor:
         """``sum_k R_k`` without the strength (the quantity of the spec's table 3.7).
 
@@ -64,4 +69,4 @@ class CostRegularizer:
         return torch.stack(parts).sum()
 
     def __call__(self) -> Tensor:
-        return self.cost.strength * self.raw()
+        return self.strength * self.raw()
