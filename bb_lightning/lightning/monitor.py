@@ -7,16 +7,15 @@
 * at the end of ``fit``, rank zero: PNG files and a CSV of the final allocation in ``<log_dir>/bb_plots/``, and for
   each ``WandbLogger`` the same images plus the exported config as an artifact of type ``mixed-precision-config``.
 
-Rich objects go through ``WandbLogger.log_metrics`` (which adds ``trainer/global_step``); nothing passes ``step=`` to
-``wandb.log``.
+Per-epoch rich objects go through ``wandb.log(..., commit=False)`` (joining the row of the epoch's ``bb/*`` scalars,
+which Lightning logs right after the hook), the final ones through ``WandbLogger.log_metrics`` (which adds
+``trainer/global_step``); nothing passes ``step=`` to ``wandb.log``.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +40,13 @@ def snapshot(state: QuantizationState) -> BitSnapshot:
 
 
 def _write_csv(path: Path, snap: BitSnapshot) -> None:
+    from ..viz._io import atomic_write
+
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(snap.columns())
     writer.writerows(snap.rows())
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, buf.getvalue())
 
 
 class BitMonitor:
@@ -103,7 +97,9 @@ class BitMonitor:
 
         objects = epoch_objects(snap, self.history)
         for logger in loggers:
-            logger.log_metrics(objects, step=trainer.global_step)
+            # uncommitted: W&B merges them into the row of this epoch's scalars, which Lightning logs right after
+            # this hook (with its own trainer/global_step); so tables and scalars share one step
+            logger.experiment.log(objects, commit=False)
 
     # ----- end of fit (rank zero) --------------------------------------------------------------------------
     def on_fit_end(
