@@ -84,39 +84,55 @@ def detail_histogram_figure(values: Mapping[str, Sequence[float]], title: str = 
     return fig
 
 
-def _heat(ax, fig, names: Sequence[str], epochs: Sequence[int], bits: Sequence[Sequence[int]], title: str) -> None:  # type: ignore[no-untyped-def]
+def _heat(ax, fig, epochs: Sequence[int], bits: Sequence[Sequence[int]], title: str) -> None:  # type: ignore[no-untyped-def]
     import numpy as np
 
     grid = np.array(bits, dtype=float).T  # [layers, epochs]
     # colour by log2(bits): 0 (pruned) -> 0, 2 -> 1, ..., 32 -> 5
     shown = np.where(grid > 0, np.log2(np.maximum(grid, 1.0)), 0.0)
     im = ax.imshow(shown, aspect="auto", cmap="viridis", vmin=0.0, vmax=5.0, interpolation="nearest")
-    ax.set_yticks(range(len(names)))
-    ax.set_yticklabels(names, fontsize=7)
     step = max(1, len(epochs) // 20)
     ax.set_xticks(range(0, len(epochs), step))
     ax.set_xticklabels([str(e) for e in epochs][::step], fontsize=7)
     ax.set_xlabel("epoch")
     ax.set_title(title)
-    if grid.size <= 600:
+    if grid.size <= 160:  # per-cell numbers only while readable (and cheap: text is the slow part)
         for (r, c), v in np.ndenumerate(grid):
             ax.text(c, r, "x" if v == 0 else str(int(v)), ha="center", va="center", fontsize=6,
                     color="white" if shown[r, c] < 2.5 else "black")
-    cbar = fig.colorbar(im, ax=ax, ticks=[0, 1, 2, 3, 4, 5])
-    cbar.ax.set_yticklabels(["pruned", "2", "4", "8", "16", "32"], fontsize=7)
+    return im
 
 
 def bit_heatmap_figure(history: BitHistory) -> Figure:
-    """Layer x epoch heat maps of weight and input bits over the search (``x`` = every channel pruned)."""
+    """Layer x epoch heat maps of weight and input bits over the search (``x`` = every channel pruned).
+
+    Laid out by hand (no constrained layout): it is redrawn every validation epoch for W&B, so it must be cheap.
+    """
+    from matplotlib.figure import Figure
+
     n, e = len(history.layers), max(1, len(history))
-    fig = _figure(min(30.0, 2 * (3.0 + 0.25 * e)), min(40.0, 1.5 + 0.22 * n))
+    label_in = 0.3 + 0.065 * max((len(name) for name in history.layers), default=4)  # y tick labels, inches
+    panel_in = min(12.0, 1.5 + 0.2 * e)
+    width, height = label_in + 2 * panel_in + 1.6, min(40.0, 1.3 + 0.2 * max(n, 3))
+    fig = Figure(figsize=(width, height))
     if not len(history):
         ax = fig.add_subplot()
         ax.text(0.5, 0.5, "no validation epoch yet", ha="center", va="center")
         ax.set_axis_off()
         return fig
-    _heat(fig.add_subplot(1, 2, 1), fig, history.layers, history.epochs, history.w_bits, "weight bits")
-    _heat(fig.add_subplot(1, 2, 2), fig, history.layers, history.epochs, history.a_bits, "input bits")
+    left, gap = label_in / width, 0.35 / width
+    pw = panel_in / width
+    bottom, top = 0.55 / height, 1.0 - 0.35 / height
+    ax_w = fig.add_axes((left, bottom, pw, top - bottom))
+    ax_a = fig.add_axes((left + pw + gap, bottom, pw, top - bottom), sharey=ax_w)
+    cax = fig.add_axes((left + 2 * pw + 2 * gap, bottom, 0.15 / width, top - bottom))
+    ax_w.set_yticks(range(n))
+    ax_w.set_yticklabels(history.layers, fontsize=7)
+    ax_a.tick_params(labelleft=False)
+    im = _heat(ax_w, fig, history.epochs, history.w_bits, "weight bits")
+    _heat(ax_a, fig, history.epochs, history.a_bits, "input bits")
+    cbar = fig.colorbar(im, cax=cax, ticks=[0, 1, 2, 3, 4, 5])
+    cbar.ax.set_yticklabels(["pruned", "2", "4", "8", "16", "32"], fontsize=7)
     return fig
 
 
