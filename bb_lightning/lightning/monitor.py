@@ -81,7 +81,9 @@ class BitMonitor:
             logger.log_hyperparams({"bb_lightning": settings})
 
     # ----- every validation epoch --------------------------------------------------------------------------
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: QuantizationState) -> None:
+    def on_validation_epoch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: QuantizationState
+    ) -> None:
         snap = snapshot(state)
         for name, value in snap.scalars().items():
             pl_module.log(name, value, prog_bar=name in PROG_BAR, sync_dist=False)
@@ -120,10 +122,12 @@ class BitMonitor:
         _write_csv(self.files["layers"], snap)
         loggers = wandb_loggers(trainer)
         if loggers:
-            from ..viz.wandb_objects import _pil, config_artifact, layer_table, require_wandb
+            from ..viz.wandb_objects import config_artifact, layer_table, png_image, require_wandb
 
             wandb = require_wandb()
-            final: dict[str, Any] = {f"bb_final/{stem}": wandb.Image(_pil(png_bytes(fig))) for stem, fig in figures.items()}
+            final: dict[str, Any] = {
+                f"bb_final/{stem}": wandb.Image(png_image(png_bytes(fig))) for stem, fig in figures.items()
+            }
             final["bb_final/layers"] = layer_table(snap)
             for logger in loggers:
                 logger.log_metrics(final, step=trainer.global_step)

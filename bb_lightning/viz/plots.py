@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.image import AxesImage
 
     from .snapshot import BitHistory, BitSnapshot
 
@@ -32,13 +34,13 @@ def _width(n_layers: int) -> float:
     return float(min(40.0, max(6.0, 0.28 * n_layers + 2.0)))
 
 
-def _label_axis(ax, names: Sequence[str]) -> None:  # type: ignore[no-untyped-def]
+def _label_axis(ax: Axes, names: Sequence[str]) -> None:
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=90, fontsize=7)
     ax.set_xlim(-0.6, len(names) - 0.4)
 
 
-def _bits_axis(ax, names: Sequence[str], w_bits: Sequence[int], a_bits: Sequence[int]) -> None:  # type: ignore[no-untyped-def]
+def _bits_axis(ax: Axes, names: Sequence[str], w_bits: Sequence[int], a_bits: Sequence[int]) -> None:
     x = range(len(names))
     ax.bar([i - 0.2 for i in x], list(w_bits), width=0.4, label="weight bits", color="#1f77b4")
     ax.bar([i + 0.2 for i in x], list(a_bits), width=0.4, label="input bits", color="#ff7f0e")
@@ -65,10 +67,13 @@ def bits_per_layer_figure(
 
 def detail_histogram_figure(values: Mapping[str, Sequence[float]], title: str = "gate probabilities") -> Figure:
     """One histogram per detail column (values over layers); columns within ``[0, 1]`` share that range."""
+    from matplotlib.figure import Figure
+
     keys = [k for k, v in values.items() if len(v)]
     cols = min(4, max(1, len(keys)))
     rows = max(1, math.ceil(len(keys) / cols))
-    fig = _figure(3.0 * cols, 2.4 * rows)
+    fig = Figure(figsize=(3.0 * cols, 2.4 * rows + 0.4))  # fixed grid: no (slow) constrained layout
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=1 - 0.45 / (2.4 * rows + 0.4), wspace=0.3, hspace=0.45)
     if not keys:
         ax = fig.add_subplot()
         ax.text(0.5, 0.5, "no method-specific values", ha="center", va="center")
@@ -84,7 +89,7 @@ def detail_histogram_figure(values: Mapping[str, Sequence[float]], title: str = 
     return fig
 
 
-def _heat(ax, fig, epochs: Sequence[int], bits: Sequence[Sequence[int]], title: str) -> None:  # type: ignore[no-untyped-def]
+def _heat(ax: Axes, epochs: Sequence[int], bits: Sequence[Sequence[int]], title: str) -> AxesImage:
     import numpy as np
 
     grid = np.array(bits, dtype=float).T  # [layers, epochs]
@@ -129,8 +134,8 @@ def bit_heatmap_figure(history: BitHistory) -> Figure:
     ax_w.set_yticks(range(n))
     ax_w.set_yticklabels(history.layers, fontsize=7)
     ax_a.tick_params(labelleft=False)
-    im = _heat(ax_w, fig, history.epochs, history.w_bits, "weight bits")
-    _heat(ax_a, fig, history.epochs, history.a_bits, "input bits")
+    im = _heat(ax_w, history.epochs, history.w_bits, "weight bits")
+    _heat(ax_a, history.epochs, history.a_bits, "input bits")
     cbar = fig.colorbar(im, cax=cax, ticks=[0, 1, 2, 3, 4, 5])
     cbar.ax.set_yticklabels(["pruned", "2", "4", "8", "16", "32"], fontsize=7)
     return fig
@@ -191,11 +196,10 @@ def pareto_figure(
 
 def snapshot_figures(snapshot: BitSnapshot, history: BitHistory) -> dict[str, Figure]:
     """The run's pictures by file stem: bits per layer, detail (gate probability) histograms, bit heat map."""
-    names = snapshot.names
+    w_bits = [layer.weight_bits for layer in snapshot.layers]
+    a_bits = [layer.activation_bits for layer in snapshot.layers]
     return {
-        "bits_per_layer": bits_per_layer_figure(
-            names, [layer.weight_bits for layer in snapshot.layers], [layer.activation_bits for layer in snapshot.layers]
-        ),
+        "bits_per_layer": bits_per_layer_figure(snapshot.names, w_bits, a_bits),
         "gate_histograms": detail_histogram_figure(snapshot.detail_values()),
         "bit_heatmap": bit_heatmap_figure(history),
     }

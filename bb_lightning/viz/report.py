@@ -163,14 +163,12 @@ def pareto_front(relative_bops: Sequence[float], accuracy: Sequence[float]) -> l
     >>> pareto_front([0.1, 0.2, 0.3, 0.15], [0.90, 0.95, 0.94, 0.89])
     [0, 1]
     """
-    front = []
-    for i, (b, a) in enumerate(zip(relative_bops, accuracy)):
-        dominated = any(
-            b2 <= b and a2 >= a and (b2 < b or a2 > a) for j, (b2, a2) in enumerate(zip(relative_bops, accuracy)) if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return front
+    points = list(zip(relative_bops, accuracy))
+    return [
+        i
+        for i, (b, a) in enumerate(points)
+        if not any(b2 <= b and a2 >= a and (b2 < b or a2 > a) for b2, a2 in points)
+    ]
 
 
 # ----- outputs ---------------------------------------------------------------------------------------------------
@@ -288,10 +286,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         print("\nno Pareto plot: fewer than two configs have an accuracy (pass --accuracy or write the sidecars)")
     if "pareto" in files:
         bops = [float(e.config.totals["relative_bops"]) for e in scored]
-        front = pareto_front(bops, [float(e.accuracy) for e in scored])  # type: ignore[arg-type]
+        acc = [float(e.accuracy) for e in scored if e.accuracy is not None]
         print("\nPareto front (accuracy vs relative BOPs):")
-        for i in sorted(front, key=lambda i: bops[i]):
-            print(f"  {scored[i].label}: {100 * scored[i].accuracy:.2f}% at {100 * bops[i]:.3f}% BOPs")  # type: ignore[operator]
+        for i in sorted(pareto_front(bops, acc), key=lambda i: bops[i]):
+            print(f"  {scored[i].label}: {100 * acc[i]:.2f}% at {100 * bops[i]:.3f}% BOPs")
     print(f"\nreport: {files['html']}")
     return files
 

@@ -61,11 +61,12 @@ def epoch_objects(snapshot: BitSnapshot, history: BitHistory, prefix: str = "bb"
     out[f"{prefix}/weight_bits_per_layer"] = _bar(wandb, snapshot, "weight_bits", "weight bits per layer")
     out[f"{prefix}/input_bits_per_layer"] = _bar(wandb, snapshot, "activation_bits", "input bits per layer")
     if len(history):
-        out[f"{prefix}/bit_heatmap"] = wandb.Image(_pil(png_bytes(bit_heatmap_figure(history))), caption="bits")
+        out[f"{prefix}/bit_heatmap"] = wandb.Image(png_image(png_bytes(bit_heatmap_figure(history))), caption="bits")
     return out
 
 
-def _pil(data: bytes) -> Any:
+def png_image(data: bytes) -> Any:
+    """PNG bytes -> an RGB ``PIL.Image`` (what ``wandb.Image`` takes)."""
     import io
 
     from PIL import Image
@@ -82,4 +83,6 @@ def config_artifact(path: str | os.PathLike, run_id: str, metadata: dict[str, An
     return artifact
 
 
-__all__ = ["ARTIFACT_TYPE", "INSTALL_HINT", "config_artifact", "epoch_objects", "layer_table", "require_wandb"]
+__all__ = [
+    "ARTIFACT_TYPE", "INSTALL_HINT", "config_artifact", "epoch_objects", "layer_table", "png_image", "require_wandb"
+]

@@ -199,3 +199,30 @@ def test_missing_wandb_gives_install_hint(monkeypatch):
     with pytest.raises(ModuleNotFoundError, match=r"WandbLogger.*pip install \"bb_lightning\[wandb\]\""):
         BitMonitor().on_fit_start(SimpleNamespace(loggers=[logger]), None)
     BitMonitor().on_fit_start(SimpleNamespace(loggers=[]), None)  # no W&B asked for: nothing needed
+
+
+def test_rich_objects_only_on_rank_zero_and_never_with_step(monkeypatch):
+    pytest.importorskip("wandb")
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from lightning.pytorch.loggers import WandbLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from bb_lightning.lightning.monitor import BitMonitor
+
+    _, records, modules, wrap, _ = _wrapped()
+    snap = take_snapshot(records, modules, wrap.input_bits)
+    logger = WandbLogger(offline=True)
+    logger._experiment = mock.MagicMock()  # records the calls instead of starting a run
+    fake_trainer = SimpleNamespace(loggers=[logger], global_step=7)
+    monitor = BitMonitor()
+    monitor.history.append(0, snap)
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    monitor._log_rich(fake_trainer, snap)
+    assert logger._experiment.log.call_count == 0
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    monitor._log_rich(fake_trainer, snap)
+    (call,) = logger._experiment.log.call_args_list
+    assert call.kwargs == {"commit": False} and "step" not in call.kwargs
+    assert "bb/layers" in call.args[0] and "bb/bit_heatmap" in call.args[0]
