@@ -42,13 +42,19 @@ def _label_axis(ax: Axes, names: Sequence[str]) -> None:
 
 def _bits_axis(ax: Axes, names: Sequence[str], w_bits: Sequence[int], a_bits: Sequence[int]) -> None:
     x = range(len(names))
-    ax.bar([i - 0.2 for i in x], list(w_bits), width=0.4, label="weight bits", color="#1f77b4")
-    ax.bar([i + 0.2 for i in x], list(a_bits), width=0.4, label="input bits", color="#ff7f0e")
+    ax.bar([i - 0.2 for i in x], [max(b, 1) - 1 for b in w_bits], width=0.4, bottom=1, label="weight bits",
+           color="#1f77b4")
+    ax.bar([i + 0.2 for i in x], [max(b, 1) - 1 for b in a_bits], width=0.4, bottom=1, label="input bits",
+           color="#ff7f0e")
     for i, w in enumerate(w_bits):
         if w == 0:
-            ax.annotate("pruned", (i - 0.2, 0.3), rotation=90, fontsize=6, ha="center", va="bottom")
-    ax.set_yticks(_BIT_TICKS)
-    ax.set_ylim(0, 34)
+            ax.annotate("pruned", (i - 0.2, 1.05), rotation=90, fontsize=6, ha="center", va="bottom")
+    # log2 axis: 2 -> 4 -> 8 bits are equal steps; bars start at 1 bit, so a pruned (0-bit) layer has no bar
+    ax.set_yscale("log", base=2)
+    ax.set_ylim(1, 40)
+    ax.set_yticks(_BIT_TICKS[1:])
+    ax.set_yticklabels([str(b) for b in _BIT_TICKS[1:]])
+    ax.minorticks_off()
     ax.set_ylabel("bits (32 = float)")
     ax.legend(fontsize=7, loc="upper right")
     _label_axis(ax, names)
