@@ -54,6 +54,11 @@ class CostRegularizer:
             else:
                 self._loose.append((q, scale))
 
+    @property
+    def strength(self) -> float:
+        """The strength ``mu`` in effect (multiplies `raw` in the loss); read-only."""
+        return float(self.cost.strength)
+
     def raw(self) -> Tensor:
         """``sum_k R_k`` without the strength (the quantity of the spec's table 3.7).
 

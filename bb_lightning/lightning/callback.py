@@ -20,9 +20,10 @@ from torch import Tensor, nn
 from .._registry import get_method
 from ..config import WrapConfig
 from ..errors import BBConfigError
-from ..cost.report import cost_totals, layer_costs
+from ..cost.report import layer_costs
 from ..export import MixedPrecisionConfig
 from ..wrap.swap import apply_plan, plan_layers
+from .monitor import BitMonitor
 from .state import CHECKPOINT_KEY, QuantizationState, _init_fields, get_state, resolve_root, set_state
 
 DEFAULT_EXPORT_NAME = "mixed_precision_config.json"
@@ -120,6 +121,8 @@ class QuantizationCallback(pl.Callback):
         self._checked_penalty = False
         self._state: QuantizationState | None = None
         self._pending_regularizer_state: dict[str, Any] | None = None
+        #: Logs the bit allocation (scalars, W&B objects, PNGs) and keeps its per-epoch history.
+        self.monitor = BitMonitor()
 
     # ----- helpers -----------------------------------------------------------------------------------------
     @property
@@ -283,6 +286,7 @@ class QuantizationCallback(pl.Callback):
                     group["params"] = [p for p in group["params"] if p.requires_grad]
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.monitor.on_fit_start(trainer, self)
         if self.finetune_epochs:
             max_epochs = trainer.max_epochs
             if max_epochs is None or max_epochs < 1:
@@ -367,17 +371,7 @@ class QuantizationCallback(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        state = self.state(pl_module)
-        totals = cost_totals(layer_costs(state.records, state.modules, self.wrap.input_bits))
-        metrics = {
-            "bb/relative_bops": totals["relative_bops"],
-            "bb/weight_memory_bytes": totals["weight_memory_bytes"],
-            "bb/average_weight_bits": totals["average_weight_bits"],
-            "bb/mean_activation_bits": totals["mean_layer_activation_bits"],
-            "bb/pruned_fraction": totals["pruned_channel_fraction"],
-        }
-        for name, value in metrics.items():
-            pl_module.log(name, value, prog_bar=name == "bb/relative_bops", sync_dist=False)
+        self.monitor.on_validation_epoch_end(trainer, pl_module, self.state(pl_module))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         state = self.state(pl_module)
@@ -386,10 +380,10 @@ class QuantizationCallback(pl.Callback):
         # `trainer.log_dir` broadcasts under DDP, so every rank must ask for it, not only rank 0
         root = Path(trainer.log_dir or trainer.default_root_dir)
         path = Path(self.export_path) if self.export_path else root / DEFAULT_EXPORT_NAME
-        self._report(trainer, state, path)
+        self._report(trainer, state, path, root)
 
     @rank_zero_only
-    def _report(self, trainer: pl.Trainer, state: QuantizationState, path: Path) -> None:
+    def _report(self, trainer: pl.Trainer, state: QuantizationState, path: Path, log_dir: Path) -> None:
         assert self.config is not None
         if not self.overwrite_export:
             path = _unique_path(path)
@@ -406,19 +400,21 @@ class QuantizationCallback(pl.Callback):
             metrics[f"bb_layers/{c.name}/bops_share"] = c.bops / total_bops
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+        self.monitor.on_fit_end(trainer, state, self.config_path, log_dir)
 
     # ----- persistence -------------------------------------------------------------------------------------
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = self.state(pl_module).to_dict()
 
     def state_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"checked_penalty": self._checked_penalty}
+        out: dict[str, Any] = {"checked_penalty": self._checked_penalty, "bit_history": self.monitor.state_dict()}
         if self._state is not None:
             out["regularizer"] = self._state.regularizer.state_dict()
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._checked_penalty = bool(state_dict.get("checked_penalty", False))
+        self.monitor.load_state_dict(state_dict.get("bit_history"))
         reg = state_dict.get("regularizer")
         if reg:
             if self._state is not None:

@@ -111,6 +111,16 @@ class QuantizerBase(nn.Module):
         """This quantizer's regulariser term; ``cost_scale`` is its cost weight (e.g. ``MACs / MACs_max``)."""
         raise NotImplementedError
 
+    def log_details(self) -> dict[str, Tensor]:
+        """Method-specific values worth watching during a search, for logging only (never in the hot path).
+
+        Returns:
+            Detached 0-dim tensors keyed by a short column name (e.g. Bayesian Bits' gate-on probabilities
+            ``{"gate_4": ..., "gate_8": ...}``, BitPruning's ``{"bitlength": ...}``). The W&B per-layer table and
+            histograms use the keys as column names. Default: nothing.
+        """
+        return {}
+
     def refresh_host_state(self) -> None:
         """Refresh host-side caches of device state (called between epochs); default: nothing to do."""
 

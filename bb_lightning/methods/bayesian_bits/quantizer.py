@@ -262,6 +262,15 @@ class BayesianBitsQuantizer(QuantizerBase):
         """``[K]`` ``P(z_b > 0)`` of the doubling gates (detached), for logging."""
         return hc.prob_nonzero(self.log_alpha.detach())
 
+    def log_details(self) -> dict[str, Tensor]:
+        """``gate_<b>``: ``P(z_b > 0)`` of each doubling gate (the step from ``b/2`` to ``b`` bits), and with pruning
+        ``keep_prob``: the mean over the ``C`` output channels of ``P(z_2 > 0)`` (0-dim, detached)."""
+        probs = self.gate_probabilities()
+        out = {f"gate_{b}": probs[i] for i, b in enumerate(self.bits[1:])}
+        if self.prune_log_alpha is not None:
+            out["keep_prob"] = hc.prob_nonzero(self.prune_log_alpha.detach()).mean()
+        return out
+
     def freeze(self) -> None:
         super().freeze()
         self.log_alpha.requires_grad_(False)
