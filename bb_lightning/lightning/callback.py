@@ -264,18 +264,19 @@ class QuantizationCallback(pl.Callback):
                 stacklevel=2,
             )
         for name, params in groups.items():
-            # frozen bit widths are not optimised; their (then empty) group stays, so the optimizer has the same
-            # groups before and after a fit is resumed in its fine-tuning phase
-            params = [p for p in params if p.requires_grad]
+            # frozen parameters (requires_grad=False, no gradient, no state) stay in their group, so the optimizer
+            # has the same groups however a checkpoint was taken (before or after the bit widths were fixed)
             lr = self.group_lrs[name]
             group = {"params": params, "lr": lr, "initial_lr": lr, "weight_decay": 0.0, _GROUP_TAG: name}
             optimizer.add_param_group(group)
 
     def _freeze(self, trainer: pl.Trainer, state: QuantizationState) -> None:
-        """Fix the bit widths and drop the now-frozen parameters (and their optimizer state) from their groups."""
+        """Fix the bit widths and take the now-frozen parameters out of optimisation: ``requires_grad=False``, no
+        gradient and no optimizer state (optimizers skip parameters without a gradient). They stay listed in their
+        group, so a checkpoint taken at any point resumes into the same optimizer groups."""
         state.freeze()
         for optimizer in trainer.optimizers:
-            # an optimizer that wraps others (e.g. `SplitOptimizer`) shares their group dicts: prune the inner ones
+            # an optimizer that wraps others (e.g. `SplitOptimizer`) keeps the state in the inner ones
             for inner in getattr(optimizer, "optimizers", None) or [optimizer]:
                 for group in inner.param_groups:
                     if not group.get(_GROUP_TAG):
@@ -283,7 +284,7 @@ class QuantizationCallback(pl.Callback):
                     for p in group["params"]:
                         if not p.requires_grad:
                             inner.state.pop(p, None)
-                    group["params"] = [p for p in group["params"] if p.requires_grad]
+                            p.grad = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.monitor.on_fit_start(trainer, self)
@@ -375,7 +376,7 @@ class QuantizationCallback(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         state = self.state(pl_module)
-        state.freeze()
+        self._freeze(trainer, state)
         self.config = state.export()
         # `trainer.log_dir` broadcasts under DDP, so every rank must ask for it, not only rank 0
         root = Path(trainer.log_dir or trainer.default_root_dir)
