@@ -23,6 +23,8 @@ from ..errors import BBConfigError
 from ..cost.report import cost_totals, layer_costs
 from ..export import MixedPrecisionConfig
 from ..wrap.swap import apply_plan, plan_layers
+from .distributed import check_strategy, drop_frozen_grads, keep_frozen_gates_in_graph
+from .finite import NonFiniteGuard
 from .state import CHECKPOINT_KEY, QuantizationState, _init_fields, get_state, resolve_root, set_state
 
 DEFAULT_EXPORT_NAME = "mixed_precision_config.json"
@@ -100,6 +102,7 @@ class QuantizationCallback(pl.Callback):
         #: Where the config was written.
         self.config_path: Path | None = None
         self._checked_penalty = False
+        self._finite = NonFiniteGuard()
 
     # ----- helpers -----------------------------------------------------------------------------------------
     @property
@@ -140,6 +143,7 @@ class QuantizationCallback(pl.Callback):
 
     # ----- lifecycle ---------------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        check_strategy(trainer)
         state = get_state(pl_module)
         if state is None:
             root_attr = self._root_attr(pl_module)
@@ -259,11 +263,19 @@ class QuantizationCallback(pl.Callback):
         if self.finetune_epochs and not state.frozen and trainer.max_epochs:
             if trainer.current_epoch >= trainer.max_epochs - self.finetune_epochs:
                 state.freeze()
+                keep_frozen_gates_in_graph(trainer, state)
                 rank_zero_info(f"bb_lightning: gates fixed at epoch {trainer.current_epoch}; fine-tuning weights/ranges.")
         for q in state.quantizers():
             q.refresh_host_state()
 
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        self._finite.batch_start(batch)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        drop_frozen_grads(self.state(pl_module))
+
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        self._finite.check(trainer, pl_module, self.state(pl_module), loss)
         if self._checked_penalty:
             return
         state = self.state(pl_module)
