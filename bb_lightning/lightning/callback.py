@@ -272,7 +272,9 @@ class QuantizationCallback(pl.Callback):
         self._finite.batch_start(batch)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
-        drop_frozen_grads(self.state(pl_module))
+        state = self.state(pl_module)
+        self._finite.check_gradients(trainer, pl_module, state)
+        drop_frozen_grads(state)
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
         self._finite.check(trainer, pl_module, self.state(pl_module), loss)
