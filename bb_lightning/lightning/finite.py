@@ -114,9 +114,12 @@ class NonFiniteGuard:
             return
         root = resolve_root(pl_module, state.root_attr)
         names = _bad_gradients(root)
-        where = f"the gradient of `{names[0]}` is the first NaN/inf" if names else diagnose(root, self._batch)
-        if len(names) > 1:
-            where += f" ({len(names) - 1} more)"
+        if _bad_parameters(root) or not names:  # a NaN/inf parameter is the cause, not its gradient
+            where = diagnose(root, self._batch)
+        else:
+            where = f"the gradient of `{names[0]}` is the first NaN/inf" + (
+                f" ({len(names) - 1} more)" if len(names) > 1 else ""
+            )
         raise NonFiniteError(
             f"bb_lightning: a NaN/inf gradient at step {trainer.global_step} (epoch {trainer.current_epoch}): "
             f"{where}. The run was stopped before the optimizer step, so no parameter was overwritten and saved "
