@@ -326,9 +326,13 @@ class QuantizationCallback(pl.Callback):
     @rank_zero_only
     def _report(self, trainer: pl.Trainer, state: QuantizationState, path: Path) -> None:
         assert self.config is not None
-        if not self.overwrite_export:
-            path = _unique_path(path)
-        self.config_path = self.config.save(path)
+        while True:
+            target = path if self.overwrite_export else _unique_path(path)
+            try:
+                self.config_path = self.config.save(target, overwrite=self.overwrite_export)
+                break
+            except FileExistsError:  # another run took the name meanwhile: try the next version
+                continue
         print(f"\nbb_lightning: learned mixed-precision configuration ({self.method})\n{self.config.table()}")
         print(f"bb_lightning: exported to {self.config_path}")
         metrics = {f"bb_final/{k}": float(v) for k, v in self.config.totals.items()}

@@ -188,7 +188,8 @@ class BayesianBitsQuantizer(QuantizerBase):
         la = self.log_alpha.detach().tolist()
         if not all(math.isfinite(v) for v in la):
             raise NonFiniteError(
-                f"Bayesian Bits gate parameters `log_alpha` = {la} are NaN/inf ({self.role} quantizer): an earlier "
+                f"Bayesian Bits gate parameters `log_alpha` = {la} of the {self.role} quantizer of layer "
+                f"`{self.layer_name or '?'}` are NaN/inf: an earlier "
                 "optimizer step wrote a non-finite gradient into them. The quantization callback stops at the first "
                 "such gradient and names the layer."
             )
