@@ -251,7 +251,7 @@ class QuantizationCallback(pl.Callback):
                     "fixed from the first epoch and nothing is searched.",
                     stacklevel=2,
                 )
-        if self.state(pl_module).frozen:
+        if self.state(pl_module).frozen and trainer.ckpt_path is None:
             warnings.warn(
                 "bb_lightning: the gates of this model are already fixed (a previous fit ended); this fit trains "
                 "weights and ranges only.",
