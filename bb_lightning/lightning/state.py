@@ -93,8 +93,9 @@ class QuantizationState:
 
     def freeze(self) -> None:
         for q in self.quantizers():
-            q.freeze()
+            q.freeze()  # also makes the gates non-trainable again (ends a DDP keep-alive)
         self.frozen = True
+        self.keepalive = []
 
     def export(self) -> MixedPrecisionConfig:
         return build_config(self.records, self.modules, self.method, self.wrap.input_bits, self.model_class)

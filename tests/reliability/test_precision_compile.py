@@ -71,9 +71,18 @@ def test_16_mixed_on_cpu_falls_back_to_bf16():
     assert t.precision == "bf16-mixed"
 
 
-def _wrapped(size: int = 16) -> torch.nn.Module:
+def _small() -> torch.nn.Module:
+    """Conv (pruned, input quantized), strided conv and linear: every quantizer kind, quick to trace."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(8 * 8 * 8, 10),
+    )
+
+
+def _wrapped(size: int = 16, small: bool = False) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = timm.create_model("test_resnet", num_classes=10, in_chans=1)
+    model = _small() if small else timm.create_model("test_resnet", num_classes=10, in_chans=1)
     records = plan_layers(model, WrapConfig(), torch.zeros(1, 1, size, size))
     apply_plan(model, records, "bayesian_bits", BayesianBitsConfig(gate_init=0.5))  # gates in (0, 1): many levels
     model.train()
@@ -127,7 +136,7 @@ def _grads(model):
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_torch_compile_eager_backend_fullgraph_matches_eager(mode, monkeypatch):
-    model = _wrapped()
+    model = _wrapped(small=True)
     getattr(model, mode)()
     x = torch.randn(8, 1, 16, 16)
     torch._dynamo.reset()
