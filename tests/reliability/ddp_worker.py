@@ -100,7 +100,8 @@ def main(out_dir: str, method: str, strategy_name: str, finetune_epochs: str = "
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=16, image_size=16))
     # in the launching process of ddp_spawn: what the user sees there
     if strategy_name == "ddp_spawn":
-        (out / "launcher.json").write_text(json.dumps({"config": cb.config is not None, "wrapped": get_state(model) is not None}))
+        seen = {"config": cb.config is not None, "wrapped": get_state(model) is not None}
+        (out / "launcher.json").write_text(json.dumps(seen))
 
 
 if __name__ == "__main__":

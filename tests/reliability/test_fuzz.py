@@ -29,7 +29,8 @@ values = st.floats(width=32, allow_nan=True, allow_infinity=True) | st.sampled_f
 shapes = hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=5)  # zero-size tensors included
 arrays = hnp.arrays(np.float32, shapes, elements=values)
 finite_arrays = hnp.arrays(np.float32, shapes, elements=st.floats(-1e30, 1e30).map(lambda v: float(np.float32(v))))
-ranges = st.floats(-1e30, 1e30).map(lambda v: float(np.float32(v)))  # a learned range may be negative or 0 (u = max(|x_max|, 1e-8))
+# a learned range may be negative or 0 (u = max(|x_max|, 1e-8))
+ranges = st.floats(-1e30, 1e30).map(lambda v: float(np.float32(v)))
 bits = st.sampled_from([2, 3, 4, 8, 16, 32])
 
 
@@ -215,7 +216,9 @@ RECIPE = {
 CALLBACK = {"regularizer": "bops", "strength": 0.05, "bits": [2, 4, 8, 16, 32], "gate_lr": 0.01}
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(
     key=st.sampled_from([*CALLBACK, "unknown_key"]),
     action=st.sampled_from(["delete", "replace"]),

@@ -49,7 +49,9 @@ def test_bf16_mixed_with_accumulation_and_clipping(tmp_path, method):
             for m in get_state(pl_module).modules.values():
                 m.weight_quantizer.register_forward_hook(lambda mod, a, o: dtypes["quantizer_out"].add(o.dtype))
                 if m.input_quantizer is not None:
-                    m.input_quantizer.register_forward_hook(lambda mod, a, o: dtypes["layer_in"].add((a[0].dtype, o.dtype)))
+                    m.input_quantizer.register_forward_hook(
+                        lambda mod, a, o: dtypes["layer_in"].add((a[0].dtype, o.dtype))
+                    )
 
     t = trainer(tmp_path, [cb, probe, DtypeProbe()], precision="bf16-mixed", limit_train_batches=4,
                 accumulate_grad_batches=2, gradient_clip_val=0.05, gradient_clip_algorithm="norm")
