@@ -10,6 +10,7 @@ from ._registry import get_method as get_method
 from ._registry import list_methods as list_methods
 from ._registry import register_method as register_method
 from .errors import BBConfigError as BBConfigError
+from .errors import NonFiniteError as NonFiniteError
 from .errors import UnsupportedLayerError as UnsupportedLayerError
 from .export import MixedPrecisionConfig as MixedPrecisionConfig
 from .export import apply_config as apply_config
@@ -28,6 +29,7 @@ __all__ = [
     "CostRegularizerMixin",
     "LayerAdapter",
     "MixedPrecisionConfig",
+    "NonFiniteError",
     "QuantizationCallback",
     "UnsupportedLayerError",
     "__version__",

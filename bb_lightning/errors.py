@@ -10,3 +10,7 @@ class BBConfigError(ValueError):
 
 class UnsupportedLayerError(TypeError):
     """A conv/linear subclass whose ``forward`` we cannot reproduce with a quantized weight."""
+
+
+class NonFiniteError(FloatingPointError):
+    """NaN or inf appeared in training; the message names the first layer (parameter or output) at fault."""

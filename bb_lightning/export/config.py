@@ -156,6 +156,20 @@ def _check_layer(name: str, d: Any) -> dict[str, Any]:
     return d
 
 
+def _publish_new(tmp: Path, path: Path) -> None:
+    """Give the finished ``tmp`` the name ``path`` unless that exists (atomically where hard links work)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.") from None
+    except OSError:  # no hard links here (some network or FAT file systems)
+        if path.exists():
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.") from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
 @dataclass
 class MixedPrecisionConfig:
     """Per-layer bit widths, ranges and kept channels of a searched model, plus totals. See the module docstring."""
@@ -226,8 +240,19 @@ class MixedPrecisionConfig:
         except BBConfigError as err:
             raise BBConfigError(f"Invalid MixedPrecisionConfig in {source}: {err}") from None
 
-    def save(self, path: str | os.PathLike, overwrite: bool = True) -> Path:
-        """Write JSON atomically (temporary file + rename: a crash never leaves a half-written file)."""
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write JSON atomically: a temporary file in the same folder, flushed to disk, then published under
+        ``path`` in one step, so a crash or a full disk never leaves a half-written file (nor a stray temporary).
+
+        Args:
+            path: the JSON file; missing parent folders are created.
+            overwrite: replace an existing file. Otherwise an existing ``path`` raises `FileExistsError`, also when
+                another process creates it while this one writes (the file is published with a hard link, which
+                fails if the name exists; on file systems without hard links, an existence check before renaming).
+
+        Returns:
+            ``path``.
+        """
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
@@ -239,7 +264,10 @@ class MixedPrecisionConfig:
                 f.write("\n")
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                _publish_new(Path(tmp), path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -24,6 +24,8 @@ from ..cost.report import layer_costs
 from ..export import MixedPrecisionConfig
 from ..wrap.swap import apply_plan, plan_layers
 from .monitor import BitMonitor
+from .distributed import check_strategy, drop_frozen_grads, keep_frozen_gates_in_graph
+from .finite import NonFiniteGuard
 from .state import CHECKPOINT_KEY, QuantizationState, _init_fields, get_state, resolve_root, set_state
 
 DEFAULT_EXPORT_NAME = "mixed_precision_config.json"
@@ -123,6 +125,7 @@ class QuantizationCallback(pl.Callback):
         self._pending_regularizer_state: dict[str, Any] | None = None
         #: Logs the bit allocation (scalars, W&B objects, PNGs) and keeps its per-epoch history.
         self.monitor = BitMonitor()
+        self._finite = NonFiniteGuard()
 
     # ----- helpers -----------------------------------------------------------------------------------------
     @property
@@ -163,6 +166,7 @@ class QuantizationCallback(pl.Callback):
 
     # ----- lifecycle ---------------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        check_strategy(trainer)
         state = get_state(pl_module)
         if state is None:
             root_attr = self._root_attr(pl_module)
@@ -302,7 +306,7 @@ class QuantizationCallback(pl.Callback):
                     "fixed from the first epoch and nothing is searched.",
                     stacklevel=2,
                 )
-        if self.state(pl_module).frozen:
+        if self.state(pl_module).frozen and trainer.ckpt_path is None:
             warnings.warn(
                 "bb_lightning: the gates of this model are already fixed (a previous fit ended); this fit trains "
                 "weights and ranges only.",
@@ -314,6 +318,7 @@ class QuantizationCallback(pl.Callback):
         if self.finetune_epochs and not state.frozen and trainer.max_epochs:
             if trainer.current_epoch >= trainer.max_epochs - self.finetune_epochs:
                 self._freeze(trainer, state)
+                keep_frozen_gates_in_graph(trainer, state)
                 rank_zero_info(f"bb_lightning: gates fixed at epoch {trainer.current_epoch}; fine-tuning weights/ranges.")
         for q in state.quantizers():
             q.refresh_host_state()
@@ -330,6 +335,7 @@ class QuantizationCallback(pl.Callback):
         return 1.0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._finite.batch_start(batch)
         state = self.state(pl_module)
         scale = self.schedule_scale(trainer.current_epoch, batch_idx, float(trainer.num_training_batches))
         state.regularizer.scale = scale
@@ -347,7 +353,13 @@ class QuantizationCallback(pl.Callback):
     ) -> None:
         self.state(pl_module).constrain_()  # project bit widths etc. back into their bounds after the step
 
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        state = self.state(pl_module)
+        self._finite.check_gradients(trainer, pl_module, state)
+        drop_frozen_grads(state)
+
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        self._finite.check(trainer, pl_module, self.state(pl_module), loss)
         if self._checked_penalty:
             return
         state = self.state(pl_module)
@@ -386,9 +398,13 @@ class QuantizationCallback(pl.Callback):
     @rank_zero_only
     def _report(self, trainer: pl.Trainer, state: QuantizationState, path: Path, log_dir: Path) -> None:
         assert self.config is not None
-        if not self.overwrite_export:
-            path = _unique_path(path)
-        self.config_path = self.config.save(path)
+        while True:
+            target = path if self.overwrite_export else _unique_path(path)
+            try:
+                self.config_path = self.config.save(target, overwrite=self.overwrite_export)
+                break
+            except FileExistsError:  # another run took the name meanwhile: try the next version
+                continue
         print(f"\nbb_lightning: learned mixed-precision configuration ({self.method})\n{self.config.table()}")
         print(f"bb_lightning: exported to {self.config_path}")
         metrics = {f"bb_final/{k}": float(v) for k, v in self.config.totals.items()}

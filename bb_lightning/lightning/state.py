@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .._registry import get_method
@@ -53,6 +54,8 @@ class QuantizationState:
         self.regularizer = self._make_regularizer(cost)
         self.penalty_calls = 0
         self.frozen = False
+        #: fixed gates kept in the loss (times 0) for DDP; see `bb_lightning.lightning.distributed`
+        self.keepalive: list[nn.Parameter] = []
 
     # ----- quantizers --------------------------------------------------------------------------------------
     def quantizers(self) -> list[QuantizerBase]:
@@ -91,12 +94,21 @@ class QuantizationState:
 
     def penalty(self) -> Tensor:
         self.penalty_calls += 1
-        return self.regularizer()
+        device = next(iter(self.modules.values())).weight.device.type if self.modules else "cpu"
+        if torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):  # the regulariser stays float32 under AMP
+                out = self.regularizer()
+        else:
+            out = self.regularizer()
+        if self.keepalive:
+            out = out + sum(p.sum() for p in self.keepalive) * 0.0
+        return out
 
     def freeze(self) -> None:
         for q in self.quantizers():
-            q.freeze()
+            q.freeze()  # also makes the gates non-trainable again (ends a DDP keep-alive)
         self.frozen = True
+        self.keepalive = []
 
     def export(self) -> MixedPrecisionConfig:
         return build_config(self.records, self.modules, self.method, self.wrap.input_bits, self.model_class)

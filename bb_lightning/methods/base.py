@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.fake_quant import effective_range
+from ..errors import NonFiniteError
 
 Role = Literal["weight", "input"]
 
@@ -44,6 +45,8 @@ class QuantizerBase(nn.Module):
         self._signed = False
         self._initialized = False
         self.frozen = False
+        #: the wrapped layer's name (set by the wrapping; used in error messages)
+        self.layer_name = ""
 
     # ----- ranges -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -58,6 +61,12 @@ class QuantizerBase(nn.Module):
         if x.numel() == 0:
             return
         lo, hi = torch.aminmax(x)
+        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):  # one read, once per quantizer
+            raise NonFiniteError(
+                f"Cannot initialise the {self.role} range of layer `{self.layer_name or '?'}`: the first "
+                f"{'batch it sees' if self.role == 'input' else 'weight'} contains NaN/inf (min {float(lo)}, max "
+                f"{float(hi)}). Check the data and the layers before it."
+            )
         if self.role == "input" and torch.distributed.is_available() and torch.distributed.is_initialized():
             # every rank must start from the same range (spec pitfall 9): reduce the per-rank first batches
             both = torch.stack([-lo, hi])

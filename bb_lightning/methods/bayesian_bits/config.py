@@ -41,7 +41,7 @@ class BayesianBitsConfig:
     _gate_init: tuple[float, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.bits, (str, bytes)) or not all(
+        if isinstance(self.bits, (str, bytes)) or not isinstance(self.bits, Sequence) or not all(
             isinstance(b, int) and not isinstance(b, bool) for b in self.bits
         ):
             raise BBConfigError(f"Expected argument `bits` to be a sequence of ints like (2, 4, 8, 16, 32), got {self.bits!r}.")

@@ -14,10 +14,13 @@ accelerators only levels cut off by ``gate_cutoff`` are skipped, from a host-sid
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from ..._registry import register_method
+from ...errors import NonFiniteError
 from ...core import hard_concrete as hc
 from ...core.host_path import HostNested, channel_gates, host_sample
 from ...core.fake_quant import nested_quantize
@@ -122,9 +125,24 @@ class BayesianBitsQuantizer(QuantizerBase):
         return t.view((-1,) + (1,) * (ndim - 1))
 
     def _deterministic_forward(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return self._deterministic_forward_traced(x)
         n_on, mask = self._deterministic_state()
         cg = None if mask is None else self._channel_view(mask, x.dim())
         return nested_quantize(x, self.x_max, x.new_ones(1), (self.bits[n_on],), self._signed, cg)
+
+    def _deterministic_forward_traced(self, x: Tensor) -> Tensor:
+        """`_deterministic_forward` without reading gates on the host (no graph break under ``torch.compile``):
+        the same evaluation rule as a convex weight of exactly 1 on one of the levels not cut off at the last
+        refresh, so every such level is computed."""
+        thr = self.config.eval_threshold
+        on = hc.deterministic(self.log_alpha, thr) * self._alive() * self._host_mask(x.device)
+        g = torch.cat([on.new_ones(1), torch.cumprod(on, 0)])
+        weights = (g - torch.cat([g[1:], on.new_zeros(1)]))[: self._host_alive + 1].detach()
+        cg = None
+        if self.prune_log_alpha is not None:
+            cg = self._channel_view(hc.deterministic(self.prune_log_alpha, thr), x.dim())
+        return nested_quantize(x, self.x_max, weights, self.bits[: self._host_alive + 1], self._signed, cg)
 
     def _host_mask(self, device: torch.device) -> Tensor:
         """``[K]`` float mask of the doubling gates not cut off at the last refresh, cached on ``device``."""
@@ -168,6 +186,13 @@ class BayesianBitsQuantizer(QuantizerBase):
         """
         k = self.num_gates
         la = self.log_alpha.detach().tolist()
+        if not all(math.isfinite(v) for v in la):
+            raise NonFiniteError(
+                f"Bayesian Bits gate parameters `log_alpha` = {la} of the {self.role} quantizer of layer "
+                f"`{self.layer_name or '?'}` are NaN/inf: an earlier "
+                "optimizer step wrote a non-finite gradient into them. The quantization callback stops at the first "
+                "such gradient and names the layer."
+            )
         alive = k
         for j, v in enumerate(la):
             if v <= self.config.gate_cutoff:
