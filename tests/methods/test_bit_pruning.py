@@ -186,7 +186,7 @@ def test_input_ranges_are_ema_in_training_and_fixed_in_eval():
     x0 = torch.rand(100)
     assert torch.equal(q(x0), x0)  # uncalibrated in eval: pass through
     q.train()
-    q(torch.tensor([0.0, 4.0]))  # first batch initialises
+    q(torch.tensor([0.0, 4.0]))  # first batch initialises (no EMA step on it)
     assert (float(q.lo), float(q.hi)) == (0.0, 4.0)
     q(torch.tensor([-2.0, 2.0]))  # EMA with momentum 0.5 (the batch first updates, then quantizes)
     assert (float(q.lo), float(q.hi)) == (-1.0, 3.0)

@@ -39,14 +39,18 @@ class Probe(pl.Callback):
                     self.first[name] = {"lo": float(lo), "hi": float(hi)}
 
             def post(mod, args, output, name=name):
-                self.first[name].setdefault("x_max", float(mod.x_max.detach()))
+                self.first[name].setdefault("range", list(mod.range()))
 
             q.register_forward_pre_hook(pre)
             q.register_forward_hook(post)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if get_state(pl_module).frozen and self.gates_at_freeze is None:
-            self.gates_at_freeze = {n: p.detach().tolist() for n, p in pl_module.named_parameters() if "log_alpha" in n}
+            self.gates_at_freeze = {
+                n: p.detach().tolist()
+                for n, p in pl_module.named_parameters()
+                if n.endswith(("log_alpha", "bitlength"))
+            }
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         cb = next(c for c in trainer.callbacks if isinstance(c, QuantizationCallback))

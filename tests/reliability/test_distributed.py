@@ -48,8 +48,12 @@ def test_ddp_two_processes_agree(tmp_path, method, strategy):
     differ = 0
     for name in first0:
         a, b = first0[name], first1[name]
-        expected = max(a["hi"], b["hi"], -min(a["lo"], b["lo"]))
-        assert a["x_max"] == b["x_max"] == pytest.approx(expected, rel=1e-6), name
+        lo, hi = min(a["lo"], b["lo"]), max(a["hi"], b["hi"])
+        assert a["range"] == b["range"], name
+        if method == "bit_pruning":  # min-max range of both ranks' first batches
+            assert a["range"] == pytest.approx([lo, hi], rel=1e-6), name
+        else:  # symmetric / unsigned range u = max|x| over both ranks
+            assert a["range"][1] == pytest.approx(max(hi, -lo), rel=1e-6), name
         differ += a["hi"] != b["hi"]
     assert differ, "both ranks saw the same first batch: the test would not catch per-rank ranges"
     # gates fixed mid-fit did not move in the fine-tuning epoch (their zero DDP gradients are dropped)

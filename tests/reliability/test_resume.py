@@ -121,7 +121,7 @@ def test_resume_restores_every_state_bit_for_bit(tmp_path, method):
         _fit(tmp_path, method, [probe], ckpt_path=tmp_path / f"{step}.ckpt")
         assert_identical(stop.saved[step], probe.restored, f"step {step}")
     groups = stop.saved[1]["optimizers"][0]["param_groups"]
-    assert {g.get("bb_lightning") for g in groups} >= {None, "ranges"}  # model group(s) and quantizer groups
+    assert None in {g.get("bb_lightning") for g in groups} and len(groups) > 1  # model group(s) and quantizer groups
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -152,13 +152,13 @@ class BitPruningQuantizer(QuantizerBase):
         """``[C, 2]`` per-output-channel ``(lo, hi)``, or ``None`` for a per-tensor range."""
         return torch.stack([self.lo, self.hi], dim=1) if self.lo.dim() else None
 
-    def _ranges(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _ranges(self, x: Tensor, update: bool = True) -> tuple[Tensor, Tensor]:
         if self.role == "weight":
             lo, hi = self._weight_stats(x)
             with torch.no_grad():
                 self.lo.copy_(lo)
                 self.hi.copy_(hi)
-        elif self.training:
+        elif self.training and update:
             with torch.no_grad():
                 bmin, bmax = torch.aminmax(x.detach())
                 w = 1.0 - self.config.ema_momentum
@@ -172,20 +172,21 @@ class BitPruningQuantizer(QuantizerBase):
 
     # ----- forward ------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        if not self._initialized:
+        fresh = not self._initialized
+        if fresh:
             if not self.training:
                 return x  # not calibrated yet (e.g. Lightning's sanity check): pass through
-            self.init_range(x)
+            self.init_range(x)  # the first batch's range (reduced over ranks) is used as is, without an EMA step
         if torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):  # quantizer maths stay float32 under AMP
-                return self._forward(x.float()).to(x.dtype)
-        return self._forward(x.float()).to(x.dtype)
+                return self._forward(x.float(), update=not fresh).to(x.dtype)
+        return self._forward(x.float(), update=not fresh).to(x.dtype)
 
     def _bits_view(self, n: Tensor, ndim: int) -> Tensor:
         return n.view((-1,) + (1,) * (ndim - 1)) if n.dim() else n
 
-    def _forward(self, x: Tensor) -> Tensor:
-        lo, hi = self._ranges(x)
+    def _forward(self, x: Tensor, update: bool = True) -> Tensor:
+        lo, hi = self._ranges(x, update)
         if self.frozen or not self.training:
             return minmax_quantize(x, lo, hi, self._bits_view(self.rounded_bits(), x.dim()))
         return fractional_quantize(x, self._bits_view(self.expected_bits(), x.dim()), lo, hi)
