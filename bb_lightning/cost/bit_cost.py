@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..config import _enum
 from ..errors import BBConfigError
 from ..wrap.swap import LayerRecord
 
@@ -52,14 +53,6 @@ class BitCostKind(str, Enum):
 class BudgetMode(str, Enum):
     HINGE = "hinge"
     DUAL = "dual"
-
-
-def _choice(cls: type[Enum], name: str, value: object) -> Enum:
-    try:
-        return cls(value.value if isinstance(value, Enum) else value)
-    except ValueError:
-        choices = [m.value for m in cls]  # type: ignore[attr-defined]
-        raise BBConfigError(f"Expected argument `{name}` to be one of {choices}, but got {value!r}.") from None
 
 
 def _finite(name: str, value: object, positive: bool = False) -> float:
@@ -88,9 +81,9 @@ class BitCostConfig:
     dual_lr: float = 0.01
 
     def __post_init__(self) -> None:
-        self.kind = _choice(BitCostKind, "regularizer", self.kind)
+        self.kind = _enum(BitCostKind, "regularizer", self.kind)
         self.strength = _finite("strength", self.strength)
-        self.budget_mode = _choice(BudgetMode, "budget_mode", self.budget_mode)
+        self.budget_mode = _enum(BudgetMode, "budget_mode", self.budget_mode)
         self.dual_lr = _finite("dual_lr", self.dual_lr, positive=True)
         if self.target is not None:
             self.target = _finite("target", self.target, positive=True)

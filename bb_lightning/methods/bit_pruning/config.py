@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from enum import Enum
 
+from ...config import _enum
 from ...errors import BBConfigError
 
 
@@ -25,15 +26,6 @@ def _number(name: str, value: object, lo: float = -math.inf, hi: float = math.in
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
         raise BBConfigError(f"Expected argument `{name}` to be a number in [{lo}, {hi}], but got {value!r}.")
     return float(value)
-
-
-def _choice(cls: type[Enum], name: str, value: object) -> Enum:
-    try:
-        return cls(value.value if isinstance(value, Enum) else value)
-    except ValueError:
-        raise BBConfigError(
-            f"Expected argument `{name}` to be one of {[m.value for m in cls]}, but got {value!r}."  # type: ignore[attr-defined]
-        ) from None
 
 
 @dataclass
@@ -66,9 +58,9 @@ class BitPruningConfig:
         if self.max_bits < self.min_bits:
             raise BBConfigError(f"Expected `min_bits` <= `max_bits`, but got {self.min_bits} > {self.max_bits}.")
         self.init_bits = _number("init_bits", self.init_bits, self.min_bits, self.max_bits)
-        self.weight_granularity = _choice(Granularity, "weight_granularity", self.weight_granularity)
+        self.weight_granularity = _enum(Granularity, "weight_granularity", self.weight_granularity)
         if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
             raise BBConfigError(f"Expected argument `group_size` to be an int >= 1, but got {self.group_size!r}.")
-        self.rounding = _choice(Rounding, "rounding", self.rounding)
+        self.rounding = _enum(Rounding, "rounding", self.rounding)
         self.rounding_eps = _number("rounding_eps", self.rounding_eps, 0.0, 0.5)
         self.ema_momentum = _number("ema_momentum", self.ema_momentum, 0.0, 0.9999)
