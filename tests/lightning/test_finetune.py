@@ -32,7 +32,7 @@ def search(tmp_path_factory):
                 q.prune_log_alpha.copy_(torch.randn(q.prune_log_alpha.shape, generator=g) * 2 + 1)
     model.trainer.save_checkpoint(tmp / "search.ckpt")
     torch.save(model.model.state_dict(), tmp / "weights.pth")  # a plain state dict (with quantizer entries)
-    get_state(model).export().save(tmp / "config.json")
+    get_state(model).export().save(tmp / "config.json", overwrite=True)  # replaces the fit-end export
     x = torch.randn(8, 1, 16, 16)
     model.eval()
     with torch.no_grad():
