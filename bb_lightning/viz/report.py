@@ -129,14 +129,22 @@ def load_entries(
 
 # ----- per-layer data of a config --------------------------------------------------------------------------------
 def layer_rows(config: MixedPrecisionConfig) -> list[dict[str, Any]]:
-    """Per layer (network order): weight/input bits as counted in BOPs (float = 32, every channel pruned = 0),
+    """Per layer (network order): weight/input bits as counted in BOPs (float = 32, every channel pruned = 0, the mean
+    over kept channels for per-channel widths),
     kept and total output channels, MACs, and share of the config's BOPs."""
     total = sum(float(layer["bops"]) for layer in config.layers.values())
     rows = []
     for i, (name, layer) in enumerate(config.layers.items()):
         channels = int(layer["weight_shape"][0])
         kept = channels if layer["kept_channels"] is None else len(layer["kept_channels"])
-        if layer["quantized"]:
+        w: float
+        if layer["quantized"] and layer["weight"].get("channel_bits"):
+            # per-channel widths (BitPruning): their mean over the kept channels, as the BOPs count them
+            cb = layer["weight"]["channel_bits"]
+            kept_idx = range(channels) if layer["kept_channels"] is None else layer["kept_channels"]
+            sel = [cb[j] for j in kept_idx]
+            w = round(sum(sel) / len(sel), 2) if sel else 0
+        elif layer["quantized"]:
             w = min(int(layer["weight"]["bits"]), FLOAT_BITS)
         else:
             w = FLOAT_BITS
