@@ -281,3 +281,10 @@ def test_minmax_config_errors_name_the_key(tmp_path, mutate, match):
     path.write_text(json.dumps(d))
     with pytest.raises(BBConfigError, match=match):
         MixedPrecisionConfig.load(path)
+
+
+@pytest.mark.parametrize("value", [False, True, {"a": 1}, object()])
+def test_gate_init_of_wrong_type_is_a_config_error(value):
+    # found by the hypothesis fuzz: a bool used to reach `iter(False)` inside the validation
+    with pytest.raises(BBConfigError, match="gate_init"):
+        BayesianBitsConfig(gate_init=value)

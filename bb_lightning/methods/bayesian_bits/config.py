@@ -59,7 +59,11 @@ class BayesianBitsConfig:
         elif _is_number(self.gate_init):
             init = (float(self.gate_init),) * n
         else:
-            if isinstance(self.gate_init, (str, bytes)) or not all(_is_number(v) for v in self.gate_init):
+            if (
+                not isinstance(self.gate_init, Sequence)
+                or isinstance(self.gate_init, (str, bytes))
+                or not all(_is_number(v) for v in self.gate_init)
+            ):
                 raise BBConfigError(
                     f"Expected argument `gate_init` to be one float or {n} floats, but got {self.gate_init!r}."
                 )
