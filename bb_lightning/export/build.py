@@ -15,14 +15,13 @@ from .config import MixedPrecisionConfig
 def _tensor_spec(q: QuantizerBase) -> dict:
     lo, hi = q.range()
     spec = {"bits": int(q.hard_bits()), "signed": bool(q._signed), "range": [lo, hi]}
-    if not q.learned_range:  # statistics-based ranges are min-max (affine) grids
-        spec["grid"] = "minmax"
+    if q.grid != "symmetric":
+        spec["grid"] = q.grid
     per_channel = q.channel_bits()
     if per_channel is not None:
-        group = int(getattr(q, "group_size", 1) or 1)
-        spec["granularity"] = "channel" if group == 1 else f"group:{group}"
+        spec["granularity"] = q.granularity()
         spec["channel_bits"] = [int(b) for b in per_channel.tolist()]
-    ranges = getattr(q, "channel_ranges", lambda: None)()
+    ranges = q.channel_ranges()
     if ranges is not None:
         spec["channel_ranges"] = [[float(a), float(b)] for a, b in ranges.tolist()]
     return spec

@@ -30,6 +30,8 @@ class QuantizerBase(nn.Module):
     #: Whether the quantizer owns a learned 0-dim range parameter ``x_max`` (otherwise ranges come from statistics
     #: and the subclass overrides `init_range` / `range`).
     learned_range: ClassVar[bool] = True
+    #: The grid the exported config names: ``"symmetric"`` (``[-u, u]`` / ``[0, u]``) or ``"minmax"`` (affine).
+    grid: ClassVar[str] = "symmetric"
 
     def __init__(self, role: Role, num_channels: int | None = None) -> None:
         super().__init__()
@@ -57,9 +59,27 @@ class QuantizerBase(nn.Module):
         values; we use ``max|x|`` so nothing is clipped at initialisation. Under ``torch.distributed`` input ranges
         are reduced over all ranks (min of minima, max of maxima), so every rank starts from the same range.
         """
+        rng = self._data_range(x)
+        if rng is None:
+            return
+        lo, hi = rng
+        signed = bool(lo < 0)
+        u = torch.maximum(hi, -lo) if signed else hi
+        self.x_max.copy_(u.clamp_min(1e-8))
+        self.signed.fill_(signed)
+        self.initialized.fill_(True)
+        self._signed, self._initialized = signed, True
+
+    @torch.no_grad()
+    def _data_range(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(min(x), max(x))`` in float32 for range initialisation, or ``None`` for an empty tensor.
+
+        Raises `NonFiniteError` naming the layer for NaN/inf. Input ranges are reduced over all ranks under
+        ``torch.distributed`` (min of minima, max of maxima; spec pitfall 9), so every rank starts from the same range.
+        """
         x = x.detach().float()
         if x.numel() == 0:
-            return
+            return None
         lo, hi = torch.aminmax(x)
         if not bool(torch.isfinite(lo) & torch.isfinite(hi)):  # one read, once per quantizer
             raise NonFiniteError(
@@ -68,16 +88,15 @@ class QuantizerBase(nn.Module):
                 f"{float(hi)}). Check the data and the layers before it."
             )
         if self.role == "input" and torch.distributed.is_available() and torch.distributed.is_initialized():
-            # every rank must start from the same range (spec pitfall 9): reduce the per-rank first batches
             both = torch.stack([-lo, hi])
             torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
             lo, hi = -both[0], both[1]
-        signed = bool(lo < 0)
-        u = torch.maximum(hi, -lo) if signed else hi
-        self.x_max.copy_(u.clamp_min(1e-8))
-        self.signed.fill_(signed)
-        self.initialized.fill_(True)
-        self._signed, self._initialized = signed, True
+        return lo, hi
+
+    @staticmethod
+    def channel_view(t: Tensor, ndim: int) -> Tensor:
+        """``[C] -> [C, 1, ..., 1]`` to broadcast per output channel over an ``ndim``-dim tensor; 0-dim stays."""
+        return t.view((-1,) + (1,) * (ndim - 1)) if t.dim() else t
 
     def range(self) -> tuple[float, float]:
         """The clip range ``(lo, hi)`` in the tensor's units, as used in the forward pass."""
@@ -101,6 +120,14 @@ class QuantizerBase(nn.Module):
     def channel_bits(self) -> Tensor | None:
         """Integer ``[num_channels]`` bit widths when they differ per output channel, else ``None`` (weights only)."""
         return None
+
+    def channel_ranges(self) -> Tensor | None:
+        """``[C, 2]`` per-output-channel ``(lo, hi)`` when ranges differ per channel, else ``None``."""
+        return None
+
+    def granularity(self) -> str:
+        """Granularity of the bit widths: ``"tensor"``, ``"channel"`` or ``"group:<size>"`` (exported)."""
+        return "tensor"
 
     def expected_bits(self) -> Tensor:
         """Differentiable bit width: 0-dim, or ``[num_channels]`` per output channel (for bit-cost regularisers)."""

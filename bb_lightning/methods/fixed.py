@@ -38,10 +38,7 @@ class FixedQuantizer(QuantizerBase):
         self.register_buffer("keep", None if keep is None else keep.to(torch.bool).clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        mask = None
-        if self.keep is not None:
-            shape = (-1,) + (1,) * (x.dim() - 1)
-            mask = self.keep.to(torch.float32).view(shape)
+        mask = None if self.keep is None else self.channel_view(self.keep.to(torch.float32), x.dim())
         with torch.autocast(x.device.type, enabled=False):
             bits = self.bits if self.bits > 0 else 2  # fully pruned: the mask zeroes everything
             out = fake_quantize(x.float(), self.x_max, bits, self._signed, mask)
@@ -78,6 +75,7 @@ class FixedMinMaxQuantizer(QuantizerBase):
 
     method = "fixed_minmax"
     learned_range = False
+    grid = "minmax"
 
     def __init__(self, role: Role, bits: int | Tensor, lo: float | Tensor, hi: float | Tensor) -> None:
         bits_t = torch.as_tensor(bits, dtype=torch.float32)
@@ -94,13 +92,11 @@ class FixedMinMaxQuantizer(QuantizerBase):
             self.initialized.fill_(True)
         self._signed, self._initialized = bool(self.signed), True
 
-    def _view(self, t: Tensor, ndim: int) -> Tensor:
-        return t.view((-1,) + (1,) * (ndim - 1)) if t.dim() else t
-
     def forward(self, x: Tensor) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
             d = x.dim()
-            out = minmax_quantize(x.float(), self._view(self.lo, d), self._view(self.hi, d), self._view(self.bits, d))
+            lo, hi, bits = (self.channel_view(t, d) for t in (self.lo, self.hi, self.bits))
+            out = minmax_quantize(x.float(), lo, hi, bits)
         return out.to(x.dtype)
 
     def hard_bits(self) -> int:
@@ -108,6 +104,9 @@ class FixedMinMaxQuantizer(QuantizerBase):
 
     def channel_bits(self) -> Tensor | None:
         return self.bits.long() if self.bits.dim() else None
+
+    def granularity(self) -> str:
+        return "channel" if self.bits.dim() else "tensor"
 
     def channel_ranges(self) -> Tensor | None:
         return torch.stack([self.lo, self.hi], dim=1) if self.lo.dim() else None

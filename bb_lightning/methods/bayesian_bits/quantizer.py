@@ -121,14 +121,11 @@ class BayesianBitsQuantizer(QuantizerBase):
             return self._deterministic_forward(x)
         return self._stochastic_forward(x)
 
-    def _channel_view(self, t: Tensor, ndim: int) -> Tensor:
-        return t.view((-1,) + (1,) * (ndim - 1))
-
     def _deterministic_forward(self, x: Tensor) -> Tensor:
         if torch.compiler.is_compiling():
             return self._deterministic_forward_traced(x)
         n_on, mask = self._deterministic_state()
-        cg = None if mask is None else self._channel_view(mask, x.dim())
+        cg = None if mask is None else self.channel_view(mask, x.dim())
         return nested_quantize(x, self.x_max, x.new_ones(1), (self.bits[n_on],), self._signed, cg)
 
     def _deterministic_forward_traced(self, x: Tensor) -> Tensor:
@@ -141,7 +138,7 @@ class BayesianBitsQuantizer(QuantizerBase):
         weights = (g - torch.cat([g[1:], on.new_zeros(1)]))[: self._host_alive + 1].detach()
         cg = None
         if self.prune_log_alpha is not None:
-            cg = self._channel_view(hc.deterministic(self.prune_log_alpha, thr), x.dim())
+            cg = self.channel_view(hc.deterministic(self.prune_log_alpha, thr), x.dim())
         return nested_quantize(x, self.x_max, weights, self.bits[: self._host_alive + 1], self._signed, cg)
 
     def _host_mask(self, device: torch.device) -> Tensor:
@@ -172,7 +169,7 @@ class BayesianBitsQuantizer(QuantizerBase):
         levels = list(range(self._host_alive + 1))
         cg = None
         if self.prune_log_alpha is not None:
-            cg = self._channel_view(hc.sample(self.prune_log_alpha), x.dim())
+            cg = self.channel_view(hc.sample(self.prune_log_alpha), x.dim())
         bits = [self.bits[i] for i in levels]
         return nested_quantize(x, self.x_max, weights, bits, self._signed, cg)
 

@@ -37,6 +37,7 @@ class BitPruningQuantizer(QuantizerBase):
     """
 
     learned_range = False
+    grid = "minmax"
 
     def __init__(
         self, config: BitPruningConfig, role: Role, num_channels: int | None = None, prune: bool | None = None
@@ -94,6 +95,11 @@ class BitPruningQuantizer(QuantizerBase):
     def channel_bits(self) -> Tensor | None:
         return self.rounded_bits().long() if self.per_channel else None
 
+    def granularity(self) -> str:
+        if not self.per_channel:
+            return "tensor"
+        return "channel" if self.group_size == 1 else f"group:{self.group_size}"
+
     def constrain_(self) -> None:
         if not self.frozen:
             with torch.no_grad():
@@ -127,18 +133,14 @@ class BitPruningQuantizer(QuantizerBase):
     @torch.no_grad()
     def init_range(self, x: Tensor) -> None:
         """Weights: their min/max. Inputs: the first batch's min/max (reduced over ranks under DDP)."""
-        if x.numel() == 0:
+        rng = self._data_range(x)  # NaN/inf check; reduced over ranks for inputs
+        if rng is None:
             return
         if self.role == "weight":
-            self.observe_weight(x)
+            self.observe_weight(x)  # per output channel when the bitlengths are
         else:
-            lo, hi = torch.aminmax(x.detach().float())
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                both = torch.stack([-lo, hi])
-                torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
-                lo, hi = -both[0], both[1]
-            self.lo.copy_(lo)
-            self.hi.copy_(hi)
+            self.lo.copy_(rng[0])
+            self.hi.copy_(rng[1])
         signed = bool(self.lo.min() < 0)
         self.signed.fill_(signed)
         self.initialized.fill_(True)
@@ -165,10 +167,7 @@ class BitPruningQuantizer(QuantizerBase):
                 self.lo.lerp_(bmin, w)
                 self.hi.lerp_(bmax, w)
         lo, hi = self.lo, self.hi
-        if lo.dim():
-            shape = (-1,) + (1,) * (x.dim() - 1)
-            lo, hi = lo.view(shape), hi.view(shape)
-        return lo, hi
+        return self.channel_view(lo, x.dim()), self.channel_view(hi, x.dim())
 
     # ----- forward ------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -182,14 +181,11 @@ class BitPruningQuantizer(QuantizerBase):
                 return self._forward(x.float(), update=not fresh).to(x.dtype)
         return self._forward(x.float(), update=not fresh).to(x.dtype)
 
-    def _bits_view(self, n: Tensor, ndim: int) -> Tensor:
-        return n.view((-1,) + (1,) * (ndim - 1)) if n.dim() else n
-
     def _forward(self, x: Tensor, update: bool = True) -> Tensor:
         lo, hi = self._ranges(x, update)
         if self.frozen or not self.training:
-            return minmax_quantize(x, lo, hi, self._bits_view(self.rounded_bits(), x.dim()))
-        return fractional_quantize(x, self._bits_view(self.expected_bits(), x.dim()), lo, hi)
+            return minmax_quantize(x, lo, hi, self.channel_view(self.rounded_bits(), x.dim()))
+        return fractional_quantize(x, self.channel_view(self.expected_bits(), x.dim()), lo, hi)
 
     def extra_repr(self) -> str:
         gran = "tensor" if not self.per_channel else f"channels/{self.group_size}"
