@@ -122,6 +122,7 @@ class QuantizationCallback(pl.Callback):
         self.config_path: Path | None = None
         self._checked_penalty = False
         self._state: QuantizationState | None = None
+        self._warm: bool | None = None  # whether the last training batch was in warm-up (None: none seen yet)
         self._pending_regularizer_state: dict[str, Any] | None = None
         #: Logs the bit allocation (scalars, W&B objects, PNGs) and keeps its per-epoch history.
         self.monitor = BitMonitor()
@@ -291,6 +292,7 @@ class QuantizationCallback(pl.Callback):
                             p.grad = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._warm = None
         self.monitor.on_fit_start(trainer, self)
         if self.finetune_epochs:
             max_epochs = trainer.max_epochs
@@ -339,14 +341,16 @@ class QuantizationCallback(pl.Callback):
         state = self.state(pl_module)
         scale = self.schedule_scale(trainer.current_epoch, batch_idx, float(trainer.num_training_batches))
         state.regularizer.scale = scale
-        if self.warmup_epochs:
-            # warm-up: the bit widths stay at their initial values (no penalty, no updates); ranges still train
-            warm = scale == 0.0 and trainer.current_epoch < self.warmup_epochs
+        warm = scale == 0.0 and trainer.current_epoch < self.warmup_epochs
+        if warm != self._warm and (warm or self._warm is not None):
+            # warm-up: the bit widths stay at their initial values (no penalty, no updates); ranges still train.
+            # Written only when entering/leaving warm-up, so LR schedules on these groups are left alone.
             for optimizer in trainer.optimizers:
                 for group in optimizer.param_groups:
                     name = group.get(_GROUP_TAG)
                     if name and name != "ranges":
-                        group["lr"] = 0.0 if warm else self.group_lrs[name]
+                        group["lr"] = 0.0 if warm else group.get("initial_lr", self.group_lrs[name])
+        self._warm = warm
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

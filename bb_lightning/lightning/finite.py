@@ -88,6 +88,7 @@ class NonFiniteGuard:
         self._batch: Any = None
         self._flag: Tensor | None = None
         self._grad_flag: Tensor | None = None
+        self._params: tuple[Any, list[Tensor]] | None = None  # (state, its quantizer parameters), listed once
 
     def batch_start(self, batch: Any) -> None:
         self._batch = batch  # a reference only, for the re-run if the loss turns out non-finite
@@ -106,10 +107,14 @@ class NonFiniteGuard:
         """Raise `NonFiniteError` if a quantizer parameter's gradient is NaN/inf (before the optimizer step)."""
         if getattr(trainer.precision_plugin, "scaler", None) is not None:
             return  # a GradScaler skips steps with inf gradients by design
-        grads = [p.grad.reshape(-1) for q in state.quantizers() for p in q.parameters() if p.grad is not None]
+        if self._params is None or self._params[0] is not state:
+            self._params = (state, [p for q in state.quantizers() for p in q.parameters()])
+        grads = [p.grad for p in self._params[1] if p.grad is not None]
         if not grads:
             return
-        bad, self._grad_flag = self._read(trainer, ~torch.isfinite(torch.cat(grads)).all(), self._grad_flag)
+        # max |g| is NaN/inf iff an element is (and cannot overflow): one reduction per gradient, no concatenated copy
+        flag = ~torch.isfinite(torch.stack(torch._foreach_norm(grads, float("inf")))).all()
+        bad, self._grad_flag = self._read(trainer, flag, self._grad_flag)
         if not bad:
             return
         root = resolve_root(pl_module, state.root_attr)

@@ -53,6 +53,7 @@ class QuantizationState:
         self.model_class = type(root).__name__
         self.regularizer = self._make_regularizer(cost)
         self.penalty_calls = 0
+        self._constrained: list[QuantizerBase] | None = None  # quantizers with a projection, listed on first use
         self.frozen = False
         #: fixed gates kept in the loss (times 0) for DDP; see `bb_lightning.lightning.distributed`
         self.keepalive: list[nn.Parameter] = []
@@ -88,8 +89,11 @@ class QuantizationState:
             self.cost = cost
 
     def constrain_(self) -> None:
-        """Project every quantizer's parameters into their valid set (after an optimizer step)."""
-        for q in self.quantizers():
+        """Project quantizer parameters into their valid set (after an optimizer step); only quantizers that define a
+        projection are visited (none for Bayesian Bits)."""
+        if self._constrained is None:
+            self._constrained = [q for q in self.quantizers() if type(q).constrain_ is not QuantizerBase.constrain_]
+        for q in self._constrained:
             q.constrain_()
 
     def penalty(self) -> Tensor:
