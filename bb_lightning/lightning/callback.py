@@ -26,7 +26,15 @@ from ..wrap.swap import apply_plan, plan_layers
 from .monitor import BitMonitor
 from .distributed import check_strategy, drop_frozen_grads, keep_frozen_gates_in_graph
 from .finite import NonFiniteGuard
-from .state import CHECKPOINT_KEY, QuantizationState, _init_fields, get_state, resolve_root, set_state
+from .state import (
+    CHECKPOINT_KEY,
+    QuantizationState,
+    _init_fields,
+    get_state,
+    resolve_root,
+    root_attr_name,
+    set_state,
+)
 
 DEFAULT_EXPORT_NAME = "mixed_precision_config.json"
 _GROUP_TAG = "bb_lightning"
@@ -133,17 +141,6 @@ class QuantizationCallback(pl.Callback):
     def state_key(self) -> str:
         return self._generate_state_key(method=self.method)
 
-    def _root_attr(self, pl_module: pl.LightningModule) -> str:
-        if self.model_attr is not None:
-            try:
-                resolve_root(pl_module, self.model_attr)
-            except AttributeError:
-                raise BBConfigError(
-                    f"`model_attr={self.model_attr!r}`: `{type(pl_module).__name__}` has no such attribute."
-                ) from None
-            return self.model_attr
-        return "model" if isinstance(getattr(pl_module, "model", None), nn.Module) else ""
-
     def _example_input(self, pl_module: pl.LightningModule, root: nn.Module) -> Tensor:
         device = next(root.parameters()).device
         if self.input_size is not None:
@@ -170,7 +167,7 @@ class QuantizationCallback(pl.Callback):
         check_strategy(trainer)
         state = get_state(pl_module)
         if state is None:
-            root_attr = self._root_attr(pl_module)
+            root_attr = root_attr_name(pl_module, self.model_attr)
             root = resolve_root(pl_module, root_attr)
             records = plan_layers(root, self.wrap, self._example_input(pl_module, root))
             modules = apply_plan(root, records, self.method, self.method_config)

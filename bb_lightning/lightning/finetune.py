@@ -29,7 +29,7 @@ from ..wrap.bn_fold import unfold_bn_train
 from ..wrap.layers import unwrap_layer
 from .callback import _find_optimizers
 from .optim import GROUP_TAG
-from .state import CHECKPOINT_KEY, STATE_ATTR, QuantizationState, get_state, resolve_root
+from .state import CHECKPOINT_KEY, STATE_ATTR, QuantizationState, get_state, resolve_root, root_attr_name
 
 _DONE = "_bb_finetune_config"
 
@@ -87,11 +87,6 @@ class FixedGateFinetune(pl.Callback):
         self.model_attr = model_attr
         self.config: MixedPrecisionConfig | None = None
 
-    def _root_attr(self, pl_module: pl.LightningModule) -> str:
-        if self.model_attr is not None:
-            return self.model_attr
-        return "model" if isinstance(getattr(pl_module, "model", None), nn.Module) else ""
-
     # ----- conversion ----------------------------------------------------------------------------------------
     def _from_checkpoint(self, pl_module: pl.LightningModule, root: nn.Module) -> MixedPrecisionConfig:
         ckpt = _load_file(self.search_checkpoint, "search_checkpoint")  # type: ignore[arg-type]
@@ -140,11 +135,8 @@ class FixedGateFinetune(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if pl_module.__dict__.get(_DONE) is None:
-            self._root_attr_name = self._root_attr(pl_module)
-            try:
-                root = resolve_root(pl_module, self._root_attr_name)
-            except AttributeError:
-                raise BBConfigError(f"`model_attr={self.model_attr!r}`: no such attribute.") from None
+            self._root_attr_name = root_attr_name(pl_module, self.model_attr)
+            root = resolve_root(pl_module, self._root_attr_name)
             config = self._from_checkpoint(pl_module, root) if self.search_checkpoint else self._from_config(root)
             apply_config(root, config)
             pl_module.__dict__[_DONE] = config
@@ -159,17 +151,22 @@ class FixedGateFinetune(pl.Callback):
 
     # ----- optimizer groups --------------------------------------------------------------------------------------
     def _patch_configure_optimizers(self, pl_module: pl.LightningModule) -> None:
+        pl_module.__dict__["_bb_finetune"] = self  # the callback of the current fit sets the range LR
         original = pl_module.configure_optimizers
         if getattr(original, "_bb_finetune_patched", False):
             return
-        range_lr = self.range_lr
 
         def configure_optimizers() -> Any:
             result = original()
             optimizers = _find_optimizers(result)
             if not optimizers:
                 raise BBConfigError(f"`{type(pl_module).__name__}.configure_optimizers` returned no torch optimizer.")
-            ranges = [m.x_max for m in pl_module.modules() if isinstance(m, QuantizerBase)]
+            range_lr = pl_module.__dict__["_bb_finetune"].range_lr
+            # learned ranges only (min-max quantizers of BitPruning results have none)
+            ranges = [
+                p for m in pl_module.modules() if isinstance(m, QuantizerBase)
+                for p in m.parameter_groups().get("ranges", [])
+            ]
             ids = {id(p) for p in ranges}
             opt = optimizers[0]
             for group in opt.param_groups:

@@ -145,6 +145,19 @@ class QuantizationState:
         return state
 
 
+def root_attr_name(pl_module: nn.Module, model_attr: str | None) -> str:
+    """The attribute holding the model: ``model_attr`` (checked), else ``"model"`` if it is a module, else ``""``."""
+    if model_attr is not None:
+        try:
+            resolve_root(pl_module, model_attr)
+        except AttributeError:
+            raise BBConfigError(
+                f"`model_attr={model_attr!r}`: `{type(pl_module).__name__}` has no such attribute."
+            ) from None
+        return model_attr
+    return "model" if isinstance(getattr(pl_module, "model", None), nn.Module) else ""
+
+
 def resolve_root(pl_module: nn.Module, attr: str) -> nn.Module:
     if not attr:
         return pl_module
