@@ -31,14 +31,13 @@ class LeNet5(ClassifierMixin, nn.Module):
         super().__init__()
         if drop_rate:
             raise ValueError(f"LeNet-5 (spec 8.1) has no dropout; got drop_rate={drop_rate}.")
-        self.num_classes = num_classes
         self.num_features = 512
         self.conv1 = nn.Conv2d(in_chans, 32, 5)
         self.conv2 = nn.Conv2d(32, 64, 5)
         self.pool = nn.MaxPool2d(2)
         self.act = nn.ReLU(inplace=True)
         self.fc1 = nn.Linear(64 * 4 * 4, 512)
-        self.fc = nn.Linear(512, num_classes) if num_classes > 0 else nn.Identity()
+        self.reset_classifier(num_classes)  # sets num_classes and fc
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[N, in_chans, 28, 28] -> [N, 512]``."""

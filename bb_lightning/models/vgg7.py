@@ -31,7 +31,6 @@ class VGG7(ClassifierMixin, nn.Module):
         super().__init__()
         if drop_rate:
             raise ValueError(f"VGG-7 (spec 8.2) has no dropout; got drop_rate={drop_rate}.")
-        self.num_classes = num_classes
         self.num_features = 1024
         layers: list[nn.Module] = []
         c = in_chans
@@ -46,7 +45,7 @@ class VGG7(ClassifierMixin, nn.Module):
         self.fc1 = nn.Linear(512 * 4 * 4, 1024, bias=False)
         self.bn1 = nn.BatchNorm1d(1024)
         self.act = nn.ReLU(inplace=True)
-        self.fc = nn.Linear(1024, num_classes) if num_classes > 0 else nn.Identity()
+        self.reset_classifier(num_classes)  # sets num_classes and fc
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[N, in_chans, 32, 32] -> [N, 1024]``."""
