@@ -58,6 +58,13 @@ def count_macs(root: nn.Module, layers: dict[str, nn.Module], example: Tensor) -
 
     for name, module in layers.items():
         handles.append(module.register_forward_hook(make_hook(name)))
+    hooked_eval_forward(root, example, handles)
+    return counts
+
+
+@torch.no_grad()
+def hooked_eval_forward(root: nn.Module, example: Tensor, handles: list) -> None:
+    """Run ``root(example)`` once in eval mode without grad, then remove the hook ``handles`` and restore the mode."""
     was_training = root.training
     root.eval()
     try:
@@ -66,4 +73,3 @@ def count_macs(root: nn.Module, layers: dict[str, nn.Module], example: Tensor) -
         for h in handles:
             h.remove()
         root.train(was_training)
-    return counts

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..cost.macs import hooked_eval_forward
 from ..errors import BBConfigError
 from .adapters import LayerAdapter, register_layer_adapter
 from .layers import is_wrapped, quantized_class
@@ -211,14 +212,7 @@ def find_bn_pairs(root: nn.Module, example: Tensor) -> dict[str, str]:
         handles.append(m.register_forward_hook(layer_hook(n)))
     for n, m in bns.items():
         handles.append(m.register_forward_pre_hook(bn_hook(n)))
-    was_training = root.training
-    root.eval()
-    try:
-        root(example)
-    finally:
-        for h in handles:
-            h.remove()
-        root.train(was_training)
+    hooked_eval_forward(root, example, handles)
     good, skipped = {}, []
     for lname, bname in pairs.items():
         layer, bn = layers[lname], bns[bname]
