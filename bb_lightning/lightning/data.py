@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,36 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..errors import BBConfigError
 
 
-class DigitsDataModule(pl.LightningDataModule):
+class SplitLoaders:
+    """``train/val/test_dataloader`` over ``self.datasets[split]`` (train shuffled); the class provides
+    ``batch_size``, ``num_workers`` and ``pin_memory``. Workers persist across epochs."""
+
+    datasets: dict[str, Any]
+    batch_size: int
+    num_workers: int
+    pin_memory: bool = False
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+
+class DigitsDataModule(SplitLoaders, pl.LightningDataModule):
     """Real handwritten digits shipped with scikit-learn (no download), resized for a timm model.
 
     Pixels (0..16) are scaled to ``[0, 1]``, normalised with the training split's mean/std, and bilinearly resized
@@ -73,19 +104,10 @@ class DigitsDataModule(pl.LightningDataModule):
             t = torch.tensor(ids)
             self.datasets[name] = TensorDataset(x[t], y[t])
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[name],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-        )
+    @property
+    def batch_size(self) -> int:
+        return int(self.hparams.batch_size)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+    @property
+    def num_workers(self) -> int:
+        return int(self.hparams.num_workers)

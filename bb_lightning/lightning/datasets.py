@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..errors import BBConfigError
+from .data import SplitLoaders
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # the reference's CIFAR-10 statistics (spec 8.5)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -33,7 +34,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class _ImageDataModule(pl.LightningDataModule):
+class _ImageDataModule(SplitLoaders, pl.LightningDataModule):
     """Shared loaders; subclasses define ``_transforms``, ``_real(split, transform)`` and ``_check_files``."""
 
     num_classes: int = 10
@@ -98,26 +99,6 @@ class _ImageDataModule(pl.LightningDataModule):
             )
         self.datasets["train"] = self._real(True, self._transforms(True))
         self.datasets["val"] = self.datasets["test"] = self._real(False, self._transforms(False))
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            drop_last=False,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
 
 
 class MNISTDataModule(_ImageDataModule):
