@@ -132,7 +132,8 @@ def test_cifar_search_then_finetune_from_its_checkpoint(tmp_path, capsys):
 def test_every_recipe_is_covered_and_digits_stay_the_default_data(capsys):
     assert sorted(p.stem for p in RECIPES.glob("*.yaml")) == sorted(
         [*EXPECTED, "finetune_fixed", "digits_bayesian_bits", "digits_bit_pruning", "imagenet_resnet18_bit_pruning",
-         "imagenet_mobilenetv2_bit_pruning", "sweep_strength"]
+         "imagenet_mobilenetv2_bit_pruning", "sweep_strength", "fashion_mnist_lenet5",
+         "fashion_mnist_resnet10t"]
     )
     with pytest.raises(SystemExit):
         main(["fit", "--print_config"])
