@@ -25,6 +25,13 @@ def test_lenet5_recipe_has_the_papers_mnist_protocol(capsys):
     assert data["init_args"]["batch_size"] == 128 and data["init_args"]["data_dir"] == "/usr/share/datasets/fashion-mnist"
 
 
+def test_timm_recipe_uses_the_length_derived_defaults(capsys):
+    cfg = parse("fashion_mnist_resnet10t", capsys)
+    args = cfg["trainer"]["callbacks"][-1]["init_args"]
+    assert args["gate_lr"] is None and args["gate_init"] is None  # derived from the run's length
+    assert cfg["model"]["model_name"] == "resnet10t"
+
+
 @pytest.mark.lightning_fit
 @pytest.mark.parametrize("recipe", ["fashion_mnist_lenet5", "fashion_mnist_resnet10t"])
 def test_fashion_recipe_runs_two_steps(recipe, tmp_path, capsys):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..config import CostConfig, WrapConfig
-from ..core.hard_concrete import EVAL_THRESHOLD
+from ..core.hard_concrete import EVAL_THRESHOLD, eval_log_alpha_threshold
 from ..methods.bayesian_bits import BayesianBitsConfig
+from ..search_defaults import bayesian_bits_travel
 from .callback import QuantizationCallback
 
 
@@ -40,9 +41,15 @@ class BayesianBits(QuantizationCallback):
         fold_bn: fold a BatchNorm that follows a quantized conv/linear into it, so the folded weight is quantized:
             ``"none"``, ``"train"`` (training-time folding with batch statistics, spec 5.5; the reference) or
             ``"static"`` (running statistics folded once); see `bb_lightning.wrap.bn_fold`.
-        gate_lr: learning rate of the gate parameters (ref: 1e-3 with Adam).
+        gate_lr: learning rate of the gate parameters; ``None`` (default): derived from the run's length so a gate
+            can travel from its start to the decision point (``log_alpha = -0.935``) in the first quarter of the
+            search phase (`bb_lightning.search_defaults`; e.g. 0.14 for 200 steps, 5.9e-4 for the reference's
+            47 000-step MNIST run, whose hand-set value is 1e-3 with Adam). A value that cannot reach a decision
+            in the run gets a warning saying what to change.
         range_lr: learning rate of the range parameters (ref: 1e-3 with Adam).
         finetune_epochs: fix the gates for the last N epochs of ``fit`` and fine-tune weights and ranges (spec 5.4).
+            ``None`` (default): ``round(0.2 * max_epochs)`` (`bb_lightning.search_defaults.default_finetune_epochs`);
+            searching up to the last step leaves BatchNorm and weights tuned to the search's noisy network.
         export_path: where to write the config; default ``<log_dir>/mixed_precision_config.json``.
         overwrite_export: replace an existing file instead of writing ``<name>-v1.json``.
         model_attr: attribute of the LightningModule holding the model; default ``model`` if present, else the module.
@@ -73,9 +80,9 @@ class BayesianBits(QuantizationCallback):
         quantize_activations: bool = True,
         input_bits: int = 8,
         fold_bn: str = "none",
-        gate_lr: float = 1e-3,
+        gate_lr: float | None = None,
         range_lr: float = 1e-3,
-        finetune_epochs: int = 0,
+        finetune_epochs: int | None = None,
         export_path: str | None = None,
         overwrite_export: bool = False,
         model_attr: str | None = None,
@@ -110,4 +117,14 @@ class BayesianBits(QuantizationCallback):
             overwrite_export=overwrite_export,
             model_attr=model_attr,
             input_size=input_size,
+            search_travel=[
+                t
+                for t in [
+                    bayesian_bits_travel(
+                        method_config.gate_inits, prune_init, prune, gate_cutoff,
+                        eval_log_alpha_threshold(eval_threshold),
+                    )
+                ]
+                if t is not None
+            ],
         )

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from ..config import WrapConfig
 from ..cost.bit_cost import BitCostConfig
 from ..methods.bit_pruning import BitPruningConfig
+from ..search_defaults import bit_pruning_travel
 from .callback import QuantizationCallback
 
 
@@ -45,10 +46,15 @@ class BitPruning(QuantizationCallback):
         input_bits: bits assumed for the float network input in the costs (ref: 8).
         fold_bn: fold a BatchNorm that follows a quantized conv/linear into it, so the folded weight is quantized:
             ``"none"``, ``"train"`` (training-time folding) or ``"static"``; see `bb_lightning.wrap.bn_fold`.
-        bit_lr: learning rate of the bitlength parameters (spec: 1e-2 with Adam; no weight decay).
+        bit_lr: learning rate of the bitlength parameters (no weight decay); ``None`` (default): derived from the
+            run's length so a bitlength can travel from ``init_bits`` to ``min_bits`` in the first quarter of the
+            search phase (after warm-up and half the ramp, before fine-tuning; `bb_lightning.search_defaults`).
+            The spec suggests 1e-2 with Adam. A value that cannot reach ``min_bits`` in the run gets a warning.
         warmup_epochs: epochs (may be fractional) at the initial bitlengths without penalty.
         ramp_epochs: epochs over which the strength rises linearly from 0 to its value.
         finetune_epochs: round and freeze the bitlengths for the last N epochs and fine-tune the weights.
+            ``None`` (default): ``round(0.2 * max_epochs)`` (`bb_lightning.search_defaults.default_finetune_epochs`);
+            searching up to the last step leaves BatchNorm and weights tuned to the search's noisy network.
         export_path: where to write the config; default ``<log_dir>/mixed_precision_config.json``.
         overwrite_export: replace an existing file instead of writing ``<name>-v1.json``.
         model_attr: attribute of the LightningModule holding the model; default ``model`` if present, else the module.
@@ -83,10 +89,10 @@ class BitPruning(QuantizationCallback):
         quantize_activations: bool = True,
         input_bits: int = 8,
         fold_bn: str = "none",
-        bit_lr: float = 1e-2,
+        bit_lr: float | None = None,
         warmup_epochs: float = 0.0,
         ramp_epochs: float = 0.0,
-        finetune_epochs: int = 0,
+        finetune_epochs: int | None = None,
         export_path: str | None = None,
         overwrite_export: bool = False,
         model_attr: str | None = None,
@@ -127,4 +133,5 @@ class BitPruning(QuantizationCallback):
             group_lrs={"bits": bit_lr},
             warmup_epochs=warmup_epochs,
             ramp_epochs=ramp_epochs,
+            search_travel=[bit_pruning_travel(method_config.init_bits, method_config.min_bits)],
         )

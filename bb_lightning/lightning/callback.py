@@ -6,6 +6,7 @@ class's constructor.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor, nn
 
 from .._registry import get_method
+from ..search_defaults import SearchSchedule, Travel, default_finetune_epochs, derived_lr, diagnose
 from ..config import WrapConfig
 from ..errors import BBConfigError
 from ..cost.report import layer_costs
@@ -75,9 +77,9 @@ class QuantizationCallback(pl.Callback):
         method_config: Any,
         wrap: WrapConfig,
         cost: Any,
-        gate_lr: float = 1e-3,
+        gate_lr: float | None = 1e-3,
         range_lr: float = 1e-3,
-        finetune_epochs: int = 0,
+        finetune_epochs: int | None = 0,
         export_path: str | None = None,
         overwrite_export: bool = False,
         model_attr: str | None = None,
@@ -85,6 +87,7 @@ class QuantizationCallback(pl.Callback):
         group_lrs: Mapping[str, float] | None = None,
         warmup_epochs: float = 0.0,
         ramp_epochs: float = 0.0,
+        search_travel: Sequence[Travel] = (),
     ) -> None:
         super().__init__()
         entry = get_method(method)
@@ -96,15 +99,23 @@ class QuantizationCallback(pl.Callback):
         if not isinstance(cost, cost_cls):
             raise BBConfigError(f"Method `{method}` takes a `{cost_cls.__name__}` cost, got `{type(cost).__name__}`.")
         self.method, self.method_config, self.wrap, self.cost = method, method_config, wrap, cost
-        self.gate_lr = _positive("gate_lr", gate_lr)
+        self.gate_lr = None if gate_lr is None else _positive("gate_lr", gate_lr)
         self.range_lr = _positive("range_lr", range_lr)
         #: learning rate per quantizer parameter group name (``"gates"``, ``"ranges"``, ``"bits"``, ...)
         self.group_lrs = {"gates": self.gate_lr, "ranges": self.range_lr}
         for name, lr in (group_lrs or {}).items():
-            self.group_lrs[str(name)] = _positive(f"group_lrs[{name!r}]", lr)
-        if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
-            raise BBConfigError(f"Expected argument `finetune_epochs` to be an int >= 0, but got {finetune_epochs!r}.")
-        self.finetune_epochs = finetune_epochs
+            self.group_lrs[str(name)] = None if lr is None else _positive(f"group_lrs[{name!r}]", lr)
+        #: per search group: how far its parameters travel; a group whose LR is None gets one from the run's length
+        self.search_travel = {t.group: t for t in search_travel}
+        auto = finetune_epochs is None
+        if not auto and (isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0):
+            raise BBConfigError(
+                f"Expected argument `finetune_epochs` to be an int >= 0 or None (a share of max_epochs), but got "
+                f"{finetune_epochs!r}."
+            )
+        #: fixed-gate epochs at the end of fit; with ``finetune_epochs=None`` resolved from max_epochs in ``setup``
+        self.finetune_epochs: int = 0 if auto else finetune_epochs  # type: ignore[assignment]
+        self._finetune_auto = auto
         for name, value in (("warmup_epochs", warmup_epochs), ("ramp_epochs", ramp_epochs)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
                 raise BBConfigError(f"Expected argument `{name}` to be a number of epochs >= 0, but got {value!r}.")
@@ -185,6 +196,8 @@ class QuantizationCallback(pl.Callback):
             state.regularizer.load_state_dict(self._pending_regularizer_state)
             self._pending_regularizer_state = None
         if stage == "fit":
+            if self._finetune_auto:
+                self.finetune_epochs = default_finetune_epochs(trainer.max_epochs)
             self._patch_configure_optimizers(pl_module, state)
 
     def _check_same_quantization(self, pl_module: pl.LightningModule, state: QuantizationState) -> None:
@@ -218,7 +231,8 @@ class QuantizationCallback(pl.Callback):
                     f"`{type(pl_module).__name__}.configure_optimizers` returned no torch optimizer; the quantizer "
                     "gates and ranges need one."
                 )
-            pl_module.__dict__["_bb_callback"]._add_param_groups(optimizers[0], get_state(pl_module))
+            cb = pl_module.__dict__["_bb_callback"]
+            cb._add_param_groups(optimizers[0], get_state(pl_module), pl_module.trainer)
             return result
 
         configure_optimizers._bb_patched = True  # type: ignore[attr-defined]
@@ -244,7 +258,9 @@ class QuantizationCallback(pl.Callback):
 
         pl_module.lr_scheduler_step = lr_scheduler_step  # type: ignore[method-assign]
 
-    def _add_param_groups(self, optimizer: torch.optim.Optimizer, state: QuantizationState) -> None:
+    def _add_param_groups(
+        self, optimizer: torch.optim.Optimizer, state: QuantizationState, trainer: pl.Trainer | None = None
+    ) -> None:
         """Move every quantizer parameter into its own group(s): own LR, no weight decay (spec 3.8)."""
         groups = state.parameter_groups()
         ids = {id(p) for q in state.quantizers() for p in q.parameters()}
@@ -258,19 +274,44 @@ class QuantizationCallback(pl.Callback):
                 f"Method `{self.method}` has quantizer parameter groups {unknown} without a learning rate; pass "
                 f"`group_lrs={{{unknown[0]!r}: ...}}` (known: {sorted(self.group_lrs)})."
             )
-        if isinstance(optimizer, torch.optim.SGD):
-            warnings.warn(
-                f"bb_lightning: your optimizer `{type(optimizer).__name__}` is not adaptive; gate and bitlength "
-                "gradients differ in scale by orders of magnitude between layers, and only an Adam-type optimizer "
-                "moves them at a useful speed (Bayesian Bits spec 2.7, BitPruning spec R2).",
-                stacklevel=2,
-            )
         for name, params in groups.items():
             # frozen parameters (requires_grad=False, no gradient, no state) stay in their group, so the optimizer
             # has the same groups however a checkpoint was taken (before or after the bit widths were fixed)
-            lr = self.group_lrs[name]
+            lr = self._group_lr(name, optimizer, state, trainer)
             group = {"params": params, "lr": lr, "initial_lr": lr, "weight_decay": 0.0, _GROUP_TAG: name}
             optimizer.add_param_group(group)
+
+    def _group_lr(
+        self, name: str, optimizer: torch.optim.Optimizer, state: QuantizationState, trainer: pl.Trainer | None
+    ) -> float:
+        """The group's explicit LR, or one derived from the run's length (`bb_lightning.search_defaults`); warns
+        when the search parameters cannot reach a decision in this run."""
+        lr, travel = self.group_lrs[name], self.search_travel.get(name)
+        if travel is None:
+            return 1e-3 if lr is None else lr
+        schedule = self._search_schedule(trainer) if trainer is not None else SearchSchedule(float("inf"))
+        if lr is None:
+            lr = derived_lr(travel, schedule)
+            rank_zero_info(
+                f"bb_lightning: {name} learning rate {lr:.3g}, derived from the run's length "
+                f"({schedule.search_steps:.0f} search steps; set `{travel.lr_arg}` to override)."
+            )
+        adaptive = not isinstance(optimizer, torch.optim.SGD)
+        problem = diagnose(travel, schedule, lr, adaptive=adaptive)
+        if problem is not None and not state.frozen:
+            who = "" if adaptive else f"your optimizer `{type(optimizer).__name__}` is not adaptive: "
+            warnings.warn(f"bb_lightning: {who}{problem}", stacklevel=3)
+        return lr
+
+    def _search_schedule(self, trainer: pl.Trainer) -> SearchSchedule:
+        """The fit's optimizer steps (``trainer.estimated_stepping_batches``) split into warm-up, ramp, search and
+        fine-tuning."""
+        total = float(trainer.estimated_stepping_batches)
+        batches = float(trainer.num_training_batches)
+        per_epoch = math.ceil(batches / max(trainer.accumulate_grad_batches, 1)) if math.isfinite(batches) else 0.0
+        if not per_epoch and trainer.max_epochs and trainer.max_epochs > 0 and math.isfinite(total):
+            per_epoch = total / trainer.max_epochs
+        return SearchSchedule.from_epochs(total, per_epoch, self.warmup_epochs, self.ramp_epochs, self.finetune_epochs)
 
     def _freeze(self, trainer: pl.Trainer, state: QuantizationState) -> None:
         """Fix the bit widths and take the now-frozen parameters out of optimisation: ``requires_grad=False``, no

@@ -1,0 +1,281 @@
+"""Learned vs uniform precision on Fashion-MNIST: accuracy against relative BOPs, with each method's Pareto front.
+
+    python benchmarks/pareto.py --model bb_lenet5 --epochs 5 --seeds 0 --out runs/pareto_lenet5
+    python benchmarks/pareto.py --model test_resnet --epochs 5 --train-subset 10000 --out runs/pareto_resnet
+    python benchmarks/pareto.py --out runs/pareto_lenet5 --report-only      # table + PNG from the stored results
+
+Every variant trains the same model from the same seed on the same data (`FashionMNISTDataModule`, optionally a
+fixed class-balanced training subset), for the same epochs, with the same optimizer (Adam 1e-3, cosine schedule on
+the weights, batch 128) and the same first/last-layer policy (the callbacks' defaults: first layer weights only, its
+input counted at 8 bits; classifier quantized, never pruned). Variants:
+
+* ``float``: no quantization;
+* ``w8a8``, ``w6a6``, ``w4a4``, ``w3a3``, ``w2a2``: every weight and input at a fixed width, learned ranges
+  (method ``fixed_bits``);
+* ``bb-<mu>``: ``BayesianBits(strength=mu)``, every other argument at its default (gate learning rate and fine-tuning
+  tail derived from the run's length);
+* ``bp-<lambda>``: ``BitPruning(strength=lambda)``, likewise.
+
+Each finished run is appended to ``<out>/results.jsonl`` (so interrupted sweeps resume and several processes can
+share a folder); the script then prints the table (test accuracy as mean +- std over seeds, relative BOPs, weight
+memory, pruned channel fraction, wall time) and writes ``<out>/pareto.png`` (accuracy vs relative BOPs, log x, the
+Pareto front of each method). Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+UNIFORM = (8, 6, 4, 3, 2)
+
+
+def _variants(bb_strengths: list[float], bp_strengths: list[float]) -> dict[str, Callable[[], Any]]:
+    from bb_lightning import BayesianBits, BitPruning, QuantizationCallback
+    from bb_lightning.config import CostConfig, WrapConfig
+    from bb_lightning.methods.fixed_bits import FixedBitsConfig
+
+    def fixed(bits: int) -> Callable[[], Any]:
+        return lambda: QuantizationCallback(
+            "fixed_bits", FixedBitsConfig(bits, bits), WrapConfig(), CostConfig(strength=0.0), range_lr=1e-3
+        )
+
+    out: dict[str, Callable[[], Any]] = {"float": lambda: None}
+    out.update({f"w{b}a{b}": fixed(b) for b in UNIFORM})
+    out.update({f"bb-{mu:g}": (lambda mu=mu: BayesianBits(strength=mu)) for mu in bb_strengths})
+    out.update({f"bp-{lam:g}": (lambda lam=lam: BitPruning(strength=lam)) for lam in bp_strengths})
+    return out
+
+
+def family(name: str) -> str:
+    """``"float"``, ``"uniform"``, ``"Bayesian Bits"`` or ``"BitPruning"``."""
+    if name == "float":
+        return "float"
+    if name.startswith("bb-"):
+        return "Bayesian Bits"
+    if name.startswith("bp-"):
+        return "BitPruning"
+    return "uniform"
+
+
+def run(name: str, make_cb: Callable[[], Any], seed: int, args: argparse.Namespace, root: str) -> dict[str, Any]:
+    import lightning.pytorch as pl
+
+    from bb_lightning.lightning.fashion_mnist import FashionMNISTDataModule
+    from bb_lightning.lightning.module import TimmClassifier
+
+    pl.seed_everything(seed, verbose=False)
+    model = TimmClassifier(
+        model_name=args.model, num_classes=10, in_chans=1, input_size=(1, 28, 28), lr=1e-3, lr_schedule="cosine"
+    )
+    data = FashionMNISTDataModule(
+        data_dir=args.data_dir, batch_size=args.batch_size, train_subset=args.train_subset,
+        test_subset=args.test_subset, seed=0,  # the same subset for every variant and seed
+    )
+    cb = make_cb()
+    trainer = pl.Trainer(
+        max_epochs=args.epochs, accelerator="cpu", devices=1, callbacks=[cb] if cb is not None else [],
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=os.path.join(root, f"{name}-{seed}"),
+    )
+    t0 = time.perf_counter()
+    trainer.fit(model, datamodule=data)
+    wall = time.perf_counter() - t0
+    acc = trainer.test(model, datamodule=data, verbose=False)[0]["test/acc"]
+    row: dict[str, Any] = {"name": name, "seed": seed, "acc": 100 * acc, "wall": wall, "model": args.model,
+                           "epochs": args.epochs, "train_subset": args.train_subset, "steps": trainer.global_step}
+    if cb is None:
+        params = sum(p.numel() for m in model.model.modules() if hasattr(m, "weight") and m.weight is not None
+                     and m.weight.dim() > 1 for p in [m.weight])
+        row.update(rbops=100.0, kib=params * 4 / 1024, pruned=0.0, wbits=32.0, abits=32.0)
+        return row
+    totals = cb.config.totals
+    quantized = [layer for layer in cb.config.layers.values() if layer["quantized"]]
+    inputs = [layer["input"]["bits"] for layer in quantized if layer["input"] is not None]
+
+    def wbits(layer: dict) -> float:
+        w = layer["weight"]
+        per_channel = w.get("channel_bits")
+        return sum(per_channel) / len(per_channel) if per_channel else float(w["bits"])
+
+    row.update(
+        rbops=100 * totals["relative_bops"], kib=totals["weight_memory_bytes"] / 1024,
+        pruned=100 * totals.get("pruned_channel_fraction", 0.0),
+        wbits=sum(wbits(layer) for layer in quantized) / len(quantized), abits=sum(inputs) / max(len(inputs), 1),
+        layers={k: [v["weight"]["bits"] if v["weight"] else None, v["input"]["bits"] if v["input"] else None]
+                for k, v in cb.config.layers.items() if v["quantized"]},
+    )
+    return row
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per variant: mean and sample std of accuracy (and BOPs) over its seeds."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_name.setdefault(r["name"], []).append(r)
+    out = []
+    for name, rs in by_name.items():
+        accs = [r["acc"] for r in rs]
+        out.append({
+            "name": name, "family": family(name), "n": len(rs), "acc": statistics.mean(accs),
+            "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "rbops": statistics.mean(r["rbops"] for r in rs), "kib": statistics.mean(r["kib"] for r in rs),
+            "pruned": statistics.mean(r["pruned"] for r in rs), "wall": statistics.mean(r["wall"] for r in rs),
+            "wbits": statistics.mean(r["wbits"] for r in rs), "abits": statistics.mean(r["abits"] for r in rs),
+            "seeds": sorted(r["seed"] for r in rs),
+        })
+    order = {"float": 0, "uniform": 1, "Bayesian Bits": 2, "BitPruning": 3}
+    return sorted(out, key=lambda a: (order[a["family"]], -a["rbops"]))
+
+
+def pareto_front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points not dominated by a point with no more BOPs and higher accuracy, by increasing BOPs."""
+    front: list[dict[str, Any]] = []
+    for p in sorted(points, key=lambda p: (p["rbops"], -p["acc"])):
+        if not front or p["acc"] > front[-1]["acc"]:
+            front.append(p)
+    return front
+
+
+def dominates(learned: list[dict[str, Any]], uniform: list[dict[str, Any]]) -> list[str]:
+    """The uniform variants for which no learned point has at least their accuracy at no more BOPs."""
+    return [u["name"] for u in uniform
+            if not any(p["rbops"] <= u["rbops"] and p["acc"] >= u["acc"] for p in learned)]
+
+
+def table(aggs: list[dict[str, Any]], header: str) -> str:
+    lines = [header, "",
+             "| variant | seeds | test accuracy % | relative BOPs % | weight memory KiB | mean w / a bits | "
+             "pruned channels % | wall time s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for a in aggs:
+        acc = f"{a['acc']:.2f}" + (f" ± {a['acc_std']:.2f}" if a["n"] > 1 else "")
+        lines.append(f"| {a['name']} | {a['n']} | {acc} | {a['rbops']:.3f} | {a['kib']:.1f} | "
+                     f"{a['wbits']:.2f} / {a['abits']:.2f} | {a['pruned']:.1f} | {a['wall']:.0f} |")
+    uniform = [a for a in aggs if a["family"] == "uniform"]
+    lines.append("")
+    for fam in ("Bayesian Bits", "BitPruning"):
+        pts = [a for a in aggs if a["family"] == fam]
+        if not pts or not uniform:
+            continue
+        missed = dominates(pts, uniform)
+        front = ", ".join(f"{p['name']} ({p['acc']:.2f}% @ {p['rbops']:.3f}%)" for p in pareto_front(pts))
+        lines.append(f"{fam}: front {front}; dominates the uniform front: "
+                     + ("yes" if not missed else f"no (not matched: {', '.join(missed)})"))
+    by = {a["name"]: a for a in aggs}
+    if "w2a2" in by and "w4a4" in by:
+        hits = [a["name"] for a in aggs if a["family"] == "Bayesian Bits"
+                and a["rbops"] <= by["w2a2"]["rbops"] and a["acc"] >= by["w4a4"]["acc"]]
+        lines.append(f"Bayesian Bits at <= w2a2 BOPs ({by['w2a2']['rbops']:.3f}%) with >= w4a4 accuracy "
+                     f"({by['w4a4']['acc']:.2f}%): " + (", ".join(hits) if hits else "none"))
+    return "\n".join(lines)
+
+
+def plot(aggs: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    styles = {"uniform": ("tab:gray", "s"), "Bayesian Bits": ("tab:blue", "o"), "BitPruning": ("tab:orange", "^")}
+    for fam, (color, marker) in styles.items():
+        pts = [a for a in aggs if a["family"] == fam]
+        if not pts:
+            continue
+        ax.errorbar([p["rbops"] for p in pts], [p["acc"] for p in pts], yerr=[p["acc_std"] for p in pts],
+                    fmt=marker, color=color, label=fam, alpha=0.9, capsize=2)
+        front = pareto_front(pts)
+        ax.step([p["rbops"] for p in front], [p["acc"] for p in front], where="post", color=color, alpha=0.6)
+        if fam == "uniform":
+            for p in pts:
+                ax.annotate(p["name"], (p["rbops"], p["acc"]), textcoords="offset points", xytext=(4, -10),
+                            fontsize=7, color=color)
+    for a in aggs:
+        if a["family"] == "float":
+            ax.axhline(a["acc"], color="k", ls="--", lw=0.8, label=f"float ({a['acc']:.2f}%)")
+    ax.set_xscale("log")
+    ax.set_xlabel("relative BOPs (% of w32a32, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="bb_lenet5", help="bb_lenet5 or any timm model taking 1x28x28")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--train-subset", type=int, default=0, help="fixed class-balanced training subset; 0 = all")
+    parser.add_argument("--test-subset", type=int, default=0)
+    parser.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--seeds", default="0", help="comma-separated")
+    parser.add_argument("--bb-strengths", default="0.003,0.01,0.03,0.1")
+    parser.add_argument("--bp-strengths", default="0.03,0.1,0.3,1")
+    parser.add_argument("--only", default="", help="comma-separated subset of variants (e.g. float,w4a4,bb-0.01)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="runs/pareto", help="folder for results.jsonl and pareto.png")
+    parser.add_argument("--report-only", action="store_true", help="only print the table and write the PNG")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    if not args.report_only:
+        import torch
+
+        import bb_lightning  # noqa: F401  (registers bb_lenet5)
+
+        torch.set_num_threads(args.threads)
+        warnings.filterwarnings("ignore")
+        variants = _variants([float(v) for v in args.bb_strengths.split(",") if v],
+                             [float(v) for v in args.bp_strengths.split(",") if v])
+        names = [n for n in args.only.split(",") if n] or list(variants)
+        unknown = sorted(set(names) - set(variants))
+        if unknown:
+            raise SystemExit(f"unknown variants {unknown}; known: {sorted(variants)}")
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+        done = {(r["name"], r["seed"]) for r in load(results)
+                if r["model"] == args.model and r["epochs"] == args.epochs and r["train_subset"] == args.train_subset}
+        with tempfile.TemporaryDirectory() as root:
+            for seed in seeds:
+                for name in names:
+                    if (name, seed) in done:
+                        continue
+                    r = run(name, variants[name], seed, args, root)
+                    with results.open("a") as f:
+                        f.write(json.dumps(r) + "\n")
+                    print(f"[{name} seed {seed}] acc {r['acc']:.2f}%  rel. BOPs {r['rbops']:.3f}%  "
+                          f"{r['kib']:.1f} KiB  pruned {r['pruned']:.1f}%  {r['wall']:.0f} s", flush=True)
+    rows = load(results)
+    if not rows:
+        raise SystemExit(f"no results in {results}")
+    r0 = rows[0]
+    subset = f", {r0['train_subset']} training images" if r0["train_subset"] else ""
+    header = f"{r0['model']}, Fashion-MNIST{subset}, {r0['epochs']} epochs ({r0['steps']} steps), Adam 1e-3 cosine"
+    aggs = aggregate(rows)
+    print(table(aggs, header))
+    plot(aggs, out / "pareto.png", header)
+    print(f"\nplot: {out / 'pareto.png'}")
+
+
+if __name__ == "__main__":
+    main()
