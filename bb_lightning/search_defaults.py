@@ -104,6 +104,32 @@ def derived_lr(travel: Travel, schedule: SearchSchedule, fraction: float = TRAVE
     return travel.distance / (fraction * max(steps, 1.0))
 
 
+def noise_limited_lr(schedule: SearchSchedule, fraction: float = TRAVEL_FRACTION, spread: float = 1.0) -> float:
+    """The largest LR at which the contested part of the search (after the travel) moves a parameter by about
+    ``spread`` as a random walk: ``spread / sqrt((1 - fraction) * search_steps)``; inf for an unknown length.
+
+    Once the task loss acts on a gate its gradient is noisy (sampled gates, mini-batches) and Adam turns noise into
+    steps of about ``lr`` in random directions; ``spread = 1`` is the width of the region between the evaluation
+    threshold (-0.935) and the irreversible cut-off (-2).
+    """
+    steps = schedule.search_steps
+    if not math.isfinite(steps):
+        return math.inf
+    return spread / math.sqrt(max((1.0 - fraction) * steps, 1.0))
+
+
+def start_within_reach(travel: Travel, schedule: SearchSchedule, fraction: float = TRAVEL_FRACTION) -> float:
+    """Where a *defaulted* start should be so that the travel takes ``fraction`` of the search at the noise-limited
+    LR: ``travel.start`` for long runs, closer to the decision for short ones (a gate's default start, 6, lies
+    deep in the region where samples are exactly 1 and only the regulariser moves it, spec 2.7: skipping part of
+    that dead travel changes nothing but the time it takes). E.g. 188 search steps: 3.0; 320: 4.2; >= 766: 6."""
+    steps = schedule.search_steps
+    reach = fraction * steps * noise_limited_lr(schedule, fraction)
+    if not math.isfinite(reach) or travel.distance <= reach:
+        return travel.start
+    return travel.decision + math.copysign(reach, travel.start - travel.decision)
+
+
 def diagnose(travel: Travel, schedule: SearchSchedule, lr: float, adaptive: bool = True) -> str | None:
     """Why the ``travel.group`` parameters cannot reach a decision at ``lr`` in this run (what to change), or None."""
     steps = schedule.search_steps
@@ -160,6 +186,8 @@ __all__ = [
     "bayesian_bits_travel",
     "bit_pruning_travel",
     "default_finetune_epochs",
+    "noise_limited_lr",
+    "start_within_reach",
     "derived_lr",
     "diagnose",
 ]

@@ -15,6 +15,8 @@ from bb_lightning.search_defaults import (
     default_finetune_epochs,
     derived_lr,
     diagnose,
+    noise_limited_lr,
+    start_within_reach,
 )
 
 DECISION = eval_log_alpha_threshold()  # -0.9353
@@ -77,3 +79,14 @@ def test_diagnosis_says_what_to_change():
 @pytest.mark.parametrize(("epochs", "tail"), [(None, 0), (-1, 0), (1, 0), (2, 0), (3, 1), (5, 1), (10, 2), (100, 20)])
 def test_default_finetune_epochs(epochs, tail):
     assert default_finetune_epochs(epochs) == tail
+
+
+@pytest.mark.parametrize(("steps", "start"), [(188, 3.02), (320, 4.23), (766, 6.0), (47_000, 6.0)])
+def test_short_runs_start_within_reach_at_the_noise_limited_lr(steps, start):
+    t, schedule = gates(), SearchSchedule(steps)
+    assert start_within_reach(t, schedule) == pytest.approx(start, abs=0.01)
+    lr = derived_lr(type(t)(**{**t.__dict__, "start": start_within_reach(t, schedule)}), schedule)
+    assert lr <= noise_limited_lr(schedule) * (1 + 1e-9)
+    # the random walk of the contested phase: lr * sqrt(steps left) stays at most 1 (threshold -0.935 to cut-off -2)
+    assert lr * math.sqrt((1 - TRAVEL_FRACTION) * steps) <= 1.0 + 1e-9
+    assert start_within_reach(t, SearchSchedule(math.inf)) == 6.0

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+
+import lightning.pytorch as pl
+import torch
 
 from ..config import CostConfig, WrapConfig
 from ..core.hard_concrete import EVAL_THRESHOLD, eval_log_alpha_threshold
 from ..methods.bayesian_bits import BayesianBitsConfig
-from ..search_defaults import bayesian_bits_travel
+from ..search_defaults import bayesian_bits_travel, start_within_reach
 from .callback import QuantizationCallback
+from .state import QuantizationState
 
 
 class BayesianBits(QuantizationCallback):
@@ -29,7 +34,10 @@ class BayesianBits(QuantizationCallback):
         bits: the doubling chain, starting at 2 (``(2, 4, 8, 16, 32)``; 32 = float).
         gate_init: initial ``log_alpha`` of the doubling gates: one float or one per gate; ``None`` = 6 for each,
             except -6 (cut off for good) for a 32-bit gate, i.e. the search starts at w16a16.
-        prune_init: initial ``log_alpha`` of the pruning gates.
+        prune_init: initial ``log_alpha`` of the pruning gates; ``None`` (default): 6.
+            With both ``gate_init`` and ``prune_init`` at their default, a run too short to travel from 6 at the
+            noise-limited learning rate starts its live gates closer to the decision point instead
+            (`bb_lightning.search_defaults.start_within_reach`; e.g. 3.0 for 188 search steps, 6 from 766 on).
         gate_cutoff: a doubling gate at ``log_alpha <= gate_cutoff`` is switched off with all higher ones (ref: -2).
         eval_threshold: a gate is on at evaluation iff ``P(z = 0) < eval_threshold`` (ref: 0.34).
         include: module-name patterns (``fnmatch``, relative to the model) to quantize; ``None`` = all.
@@ -70,7 +78,7 @@ class BayesianBits(QuantizationCallback):
         prune: bool = True,
         bits: Sequence[int] = (2, 4, 8, 16, 32),
         gate_init: float | Sequence[float] | None = None,
-        prune_init: float = 6.0,
+        prune_init: float | None = None,
         gate_cutoff: float = -2.0,
         eval_threshold: float = EVAL_THRESHOLD,
         include: Sequence[str] | None = None,
@@ -88,11 +96,12 @@ class BayesianBits(QuantizationCallback):
         model_attr: str | None = None,
         input_size: Sequence[int] | None = None,
     ) -> None:
+        self._default_start = gate_init is None and prune_init is None
         method_config = BayesianBitsConfig(
             bits=bits,
             gate_init=gate_init,
             prune=prune,
-            prune_init=prune_init,
+            prune_init=6.0 if prune_init is None else prune_init,
             gate_cutoff=gate_cutoff,
             eval_threshold=eval_threshold,
         )
@@ -121,10 +130,30 @@ class BayesianBits(QuantizationCallback):
                 t
                 for t in [
                     bayesian_bits_travel(
-                        method_config.gate_inits, prune_init, prune, gate_cutoff,
+                        method_config.gate_inits, method_config.prune_init, prune, gate_cutoff,
                         eval_log_alpha_threshold(eval_threshold),
                     )
                 ]
                 if t is not None
             ],
         )
+
+    def _on_new_state(self, trainer: pl.Trainer, state: QuantizationState) -> None:
+        """Default start and a short run: move the live gates' start within reach (see ``prune_init``)."""
+        travel = self.search_travel.get("gates")
+        if not self._default_start or travel is None or self.gate_lr is not None:
+            return
+        start = start_within_reach(travel, self._search_schedule(trainer))
+        if start >= travel.start:
+            return
+        self.search_travel["gates"] = dataclasses.replace(travel, start=start)
+        cutoff = self.method_config.gate_cutoff
+        with torch.no_grad():
+            for q in state.quantizers():
+                live = q.log_alpha > cutoff
+                q.log_alpha.copy_(torch.where(live, q.log_alpha.clamp(max=start), q.log_alpha))
+                if q.prune_log_alpha is not None:
+                    q.prune_log_alpha.clamp_(max=start)
+            for q in state.quantizers():
+                q.refresh_host_state()
+

@@ -176,6 +176,8 @@ class QuantizationCallback(pl.Callback):
     # ----- lifecycle ---------------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         check_strategy(trainer)
+        if stage == "fit" and self._finetune_auto:
+            self.finetune_epochs = default_finetune_epochs(trainer.max_epochs)
         state = get_state(pl_module)
         if state is None:
             root_attr = root_attr_name(pl_module, self.model_attr)
@@ -186,6 +188,8 @@ class QuantizationCallback(pl.Callback):
                 self.method, self.method_config, self.wrap, self.cost, records, modules, root_attr, root
             )
             set_state(pl_module, state)
+            if stage == "fit":
+                self._on_new_state(trainer, state)
             n = sum(r.wrapped for r in records)
             rank_zero_info(f"bb_lightning: {self.method} quantizers on {n}/{len(records)} conv/linear layers.")
         else:
@@ -196,9 +200,11 @@ class QuantizationCallback(pl.Callback):
             state.regularizer.load_state_dict(self._pending_regularizer_state)
             self._pending_regularizer_state = None
         if stage == "fit":
-            if self._finetune_auto:
-                self.finetune_epochs = default_finetune_epochs(trainer.max_epochs)
             self._patch_configure_optimizers(pl_module, state)
+
+    def _on_new_state(self, trainer: pl.Trainer, state: QuantizationState) -> None:
+        """Called once when ``setup`` has just created the quantizers for a fit (before checkpoint restore); a
+        method's preset may adjust their initial values here."""
 
     def _check_same_quantization(self, pl_module: pl.LightningModule, state: QuantizationState) -> None:
         """An already-quantized module keeps its layers: refuse a callback that would quantize it differently."""
