@@ -6,8 +6,10 @@
 
 Every variant trains the same model from the same seed on the same data (`FashionMNISTDataModule`, optionally a
 fixed class-balanced training subset), for the same epochs, with the same optimizer (Adam 1e-3, cosine schedule on
-the weights, batch 128) and the same first/last-layer policy (the callbacks' defaults: first layer weights only, its
-input counted at 8 bits; classifier quantized, never pruned). Variants:
+the weights, batch 128), the same first/last-layer policy (the callbacks' defaults: first layer weights only, its
+input counted at 8 bits; classifier quantized, never pruned) and the same BatchNorm folding (``--fold-bn``; use
+``train`` for models with BatchNorm: without folding, a pruning gate in front of a BatchNorm in training mode only
+scales a channel that the batch statistics normalise again, so the task loss cannot defend the channel). Variants:
 
 * ``float``: no quantization;
 * ``w8a8``, ``w6a6``, ``w4a4``, ``w3a3``, ``w2a2``: every weight and input at a fixed width, learned ranges
@@ -39,20 +41,21 @@ from typing import Any
 UNIFORM = (8, 6, 4, 3, 2)
 
 
-def _variants(bb_strengths: list[float], bp_strengths: list[float]) -> dict[str, Callable[[], Any]]:
+def _variants(bb_strengths: list[float], bp_strengths: list[float], fold_bn: str = "none") -> dict[str, Callable[[], Any]]:
     from bb_lightning import BayesianBits, BitPruning, QuantizationCallback
     from bb_lightning.config import CostConfig, WrapConfig
     from bb_lightning.methods.fixed_bits import FixedBitsConfig
 
     def fixed(bits: int) -> Callable[[], Any]:
         return lambda: QuantizationCallback(
-            "fixed_bits", FixedBitsConfig(bits, bits), WrapConfig(), CostConfig(strength=0.0), range_lr=1e-3
+            "fixed_bits", FixedBitsConfig(bits, bits), WrapConfig(fold_bn=fold_bn), CostConfig(strength=0.0),
+            range_lr=1e-3,
         )
 
     out: dict[str, Callable[[], Any]] = {"float": lambda: None}
     out.update({f"w{b}a{b}": fixed(b) for b in UNIFORM})
-    out.update({f"bb-{mu:g}": (lambda mu=mu: BayesianBits(strength=mu)) for mu in bb_strengths})
-    out.update({f"bp-{lam:g}": (lambda lam=lam: BitPruning(strength=lam)) for lam in bp_strengths})
+    out.update({f"bb-{mu:g}": (lambda mu=mu: BayesianBits(strength=mu, fold_bn=fold_bn)) for mu in bb_strengths})
+    out.update({f"bp-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, fold_bn=fold_bn)) for lam in bp_strengths})
     return out
 
 
@@ -92,7 +95,8 @@ def run(name: str, make_cb: Callable[[], Any], seed: int, args: argparse.Namespa
     wall = time.perf_counter() - t0
     acc = trainer.test(model, datamodule=data, verbose=False)[0]["test/acc"]
     row: dict[str, Any] = {"name": name, "seed": seed, "acc": 100 * acc, "wall": wall, "model": args.model,
-                           "epochs": args.epochs, "train_subset": args.train_subset, "steps": trainer.global_step}
+                           "epochs": args.epochs, "train_subset": args.train_subset, "steps": trainer.global_step,
+                           "fold_bn": args.fold_bn}
     if cb is None:
         params = sum(p.numel() for m in model.model.modules() if hasattr(m, "weight") and m.weight is not None
                      and m.weight.dim() > 1 for p in [m.weight])
@@ -232,6 +236,8 @@ def main() -> None:
     parser.add_argument("--bb-strengths", default="0.003,0.01,0.03,0.1")
     parser.add_argument("--bp-strengths", default="0.03,0.1,0.3,1")
     parser.add_argument("--only", default="", help="comma-separated subset of variants (e.g. float,w4a4,bb-0.01)")
+    parser.add_argument("--fold-bn", default="none", choices=["none", "train", "static"],
+                        help="BatchNorm folding of every quantized variant (the callbacks' fold_bn)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/pareto", help="folder for results.jsonl and pareto.png")
     parser.add_argument("--report-only", action="store_true", help="only print the table and write the PNG")
@@ -247,14 +253,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         warnings.filterwarnings("ignore")
         variants = _variants([float(v) for v in args.bb_strengths.split(",") if v],
-                             [float(v) for v in args.bp_strengths.split(",") if v])
+                             [float(v) for v in args.bp_strengths.split(",") if v], args.fold_bn)
         names = [n for n in args.only.split(",") if n] or list(variants)
         unknown = sorted(set(names) - set(variants))
         if unknown:
             raise SystemExit(f"unknown variants {unknown}; known: {sorted(variants)}")
         seeds = [int(s) for s in args.seeds.split(",") if s]
         done = {(r["name"], r["seed"]) for r in load(results)
-                if r["model"] == args.model and r["epochs"] == args.epochs and r["train_subset"] == args.train_subset}
+                if r["model"] == args.model and r["epochs"] == args.epochs and r["train_subset"] == args.train_subset
+                and r.get("fold_bn", "none") == args.fold_bn}
         with tempfile.TemporaryDirectory() as root:
             for seed in seeds:
                 for name in names:
@@ -270,7 +277,8 @@ def main() -> None:
         raise SystemExit(f"no results in {results}")
     r0 = rows[0]
     subset = f", {r0['train_subset']} training images" if r0["train_subset"] else ""
-    header = f"{r0['model']}, Fashion-MNIST{subset}, {r0['epochs']} epochs ({r0['steps']} steps), Adam 1e-3 cosine"
+    header = (f"{r0['model']}, Fashion-MNIST{subset}, {r0['epochs']} epochs ({r0['steps']} steps), Adam 1e-3 cosine, "
+              f"fold_bn={r0.get('fold_bn', 'none')}")
     aggs = aggregate(rows)
     print(table(aggs, header))
     plot(aggs, out / "pareto.png", header)
