@@ -214,9 +214,13 @@ def plot(aggs: list[dict[str, Any]], path: Path, title: str) -> None:
         if a["family"] == "float":
             ax.axhline(a["acc"], color="k", ls="--", lw=0.8, label=f"float ({a['acc']:.2f}%)")
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
     ax.set_xlabel("relative BOPs (% of w32a32, log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title.replace(", Adam", ",\nAdam"), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

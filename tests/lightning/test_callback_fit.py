@@ -26,7 +26,7 @@ def _quantizer_params(module) -> dict[str, torch.Tensor]:
 
 def test_fit_exports_config_and_groups(tmp_path):
     model = tiny_module()
-    cb = BayesianBits(strength=0.1, export_path=str(tmp_path / "bits.json"))
+    cb = BayesianBits(strength=0.1, gate_lr=1e-3, export_path=str(tmp_path / "bits.json"))  # explicit LR wins
     t = trainer(tmp_path, [cb], logger=pl.loggers.CSVLogger(tmp_path))
     t.fit(model, datamodule=digits())
 

@@ -104,11 +104,11 @@ def test_resume_restores_split_optimizer_and_schedule(tmp_path):
     """Checkpoints hold plain data only (``torch.load(weights_only=True)``, Lightning's default) and resume the
     Adam state of the gate groups and the schedule position."""
     kwargs = dict(optimizer="sgd", lr_schedule="multistep", lr_milestones=[1], schedule_quantizer_lr=True)
-    t = trainer(tmp_path, [BayesianBits()], max_epochs=1, limit_train_batches=2)
+    t = trainer(tmp_path, [BayesianBits(gate_lr=1e-3)], max_epochs=1, limit_train_batches=2)
     t.fit(tiny_module(**kwargs), datamodule=digits())
     t.save_checkpoint(tmp_path / "a.ckpt")
     exp_avg = {k: v["exp_avg"].clone() for k, v in enumerate(t.optimizers[0].optimizers[1].state.values())}
-    t2 = trainer(tmp_path, [BayesianBits()], max_epochs=2, limit_train_batches=2)
+    t2 = trainer(tmp_path, [BayesianBits(gate_lr=1e-3)], max_epochs=2, limit_train_batches=2)
     model = tiny_module(**kwargs)
     t2.fit(model, datamodule=digits(), ckpt_path=tmp_path / "a.ckpt")
     assert t2.global_step == 4 and t2.lr_scheduler_configs[0].scheduler.last_epoch == 2
