@@ -29,7 +29,8 @@ import torch
 
 import bb_lightning  # noqa: F401
 from bb_lightning import BayesianBits, BitPruning, QuantizationCallback
-from bb_lightning.config import CostConfig, WrapConfig
+from bb_lightning.config import WrapConfig
+from bb_lightning.cost.penalty import CostConfig
 from bb_lightning.lightning.data import DigitsDataModule
 from bb_lightning.lightning.module import TimmClassifier
 from bb_lightning.methods.fixed_bits import FixedBitsConfig

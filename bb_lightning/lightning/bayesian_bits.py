@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..config import CostConfig, WrapConfig
-from ..core.hard_concrete import EVAL_THRESHOLD
+from ..config import WrapConfig
+from ..cost.penalty import CostConfig
+from ..methods.bayesian_bits.hard_concrete import EVAL_THRESHOLD
 from ..methods.bayesian_bits import BayesianBitsConfig
 from .callback import QuantizationCallback
 

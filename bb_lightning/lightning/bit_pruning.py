@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..config import WrapConfig
-from ..cost.bit_cost import BitCostConfig
-from ..methods.bit_pruning import BitPruningConfig
+from ..methods.bit_pruning import BitCostConfig, BitPruningConfig
 from .callback import QuantizationCallback
 
 

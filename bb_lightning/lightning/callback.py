@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from .._registry import get_method
 from ..config import WrapConfig
 from ..errors import BBConfigError
-from ..cost.report import layer_costs
+from ..cost.facts import layer_costs
 from ..export import MixedPrecisionConfig
 from ..wrap.swap import apply_plan, plan_layers
 from .monitor import BitMonitor
@@ -92,7 +92,7 @@ class QuantizationCallback(pl.Callback):
             raise BBConfigError(
                 f"Method `{method}` takes a `{entry.config.__name__}`, got `{type(method_config).__name__}`."
             )
-        cost_cls = entry.cost_classes()[0]
+        cost_cls = entry.cost_config
         if not isinstance(cost, cost_cls):
             raise BBConfigError(f"Method `{method}` takes a `{cost_cls.__name__}` cost, got `{type(cost).__name__}`.")
         self.method, self.method_config, self.wrap, self.cost = method, method_config, wrap, cost
@@ -361,6 +361,7 @@ class QuantizationCallback(pl.Callback):
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
         self._finite.check(trainer, pl_module, self.state(pl_module), loss)
+        self.state(pl_module).regularizer.update()
         if self._checked_penalty:
             return
         state = self.state(pl_module)

@@ -40,7 +40,7 @@ def snapshot(state: QuantizationState) -> BitSnapshot:
 
 
 def _write_csv(path: Path, snap: BitSnapshot) -> None:
-    from ..viz._io import atomic_write
+    from .._io import atomic_write
 
     buf = io.StringIO()
     writer = csv.writer(buf)

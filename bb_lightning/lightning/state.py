@@ -18,7 +18,8 @@ from ..config import WrapConfig
 from ..errors import BBConfigError
 from ..export import MixedPrecisionConfig, build_config
 from ..methods.base import QuantizerBase
-from ..wrap.swap import LayerRecord, apply_plan
+from ..cost.record import LayerRecord
+from ..wrap.swap import apply_plan
 
 STATE_ATTR = "_bb_state"
 CHECKPOINT_KEY = "bb_lightning"
@@ -75,12 +76,13 @@ class QuantizationState:
         return groups
 
     def _make_regularizer(self, cost: Any) -> Any:
-        cost_cls, reg_cls = get_method(self.method).cost_classes()
-        if not isinstance(cost, cost_cls):
+        entry = get_method(self.method)
+        if not isinstance(cost, entry.cost_config):
             raise BBConfigError(
-                f"Method `{self.method}` takes a `{cost_cls.__name__}` regulariser setting, got `{type(cost).__name__}`."
+                f"Method `{self.method}` takes a `{entry.cost_config.__name__}` regulariser setting, got "
+                f"`{type(cost).__name__}`."
             )
-        return reg_cls(self.records, self.modules, cost, self.wrap.input_bits)
+        return entry.regularizer(self.records, self.modules, cost, self.wrap.input_bits)
 
     def set_cost(self, cost: Any) -> None:
         """Use another regulariser setting (a later fit's callback) on the same quantizers."""
@@ -135,7 +137,7 @@ class QuantizationState:
         entry = get_method(data["method"])
         method_config = entry.config(**data["method_config"])
         wrap = WrapConfig(**data["wrap"])
-        cost = entry.cost_classes()[0](**data["cost"])
+        cost = entry.cost_config(**data["cost"])
         records = [LayerRecord.from_dict(r) for r in data["records"]]
         root = resolve_root(pl_module, data["root_attr"])
         modules = apply_plan(root, records, data["method"], method_config)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..cost.report import FLOAT_BITS
+from ..cost.facts import config_costs
 from ..errors import BBConfigError
 from ..export import MixedPrecisionConfig
 
@@ -43,7 +43,7 @@ def sidecar_path(config_path: str | os.PathLike) -> Path:
 
 def write_metrics_sidecar(config_path: str | os.PathLike, metrics: Mapping[str, float]) -> Path:
     """Write ``metrics`` (e.g. ``{"test/acc": 0.97}``) next to the config, atomically; returns the sidecar path."""
-    from ._io import atomic_write
+    from .._io import atomic_write
 
     data = json.dumps({str(k): float(v) for k, v in metrics.items()}, indent=2) + "\n"
     return atomic_write(sidecar_path(config_path), data)
@@ -129,40 +129,24 @@ def load_entries(
 
 # ----- per-layer data of a config --------------------------------------------------------------------------------
 def layer_rows(config: MixedPrecisionConfig) -> list[dict[str, Any]]:
-    """Per layer (network order): weight/input bits as counted in BOPs (float = 32, every channel pruned = 0, the mean
-    over kept channels for per-channel widths),
-    kept and total output channels, MACs, and share of the config's BOPs."""
-    total = sum(float(layer["bops"]) for layer in config.layers.values())
-    rows = []
-    for i, (name, layer) in enumerate(config.layers.items()):
-        channels = int(layer["weight_shape"][0])
-        kept = channels if layer["kept_channels"] is None else len(layer["kept_channels"])
-        w: float
-        if layer["quantized"] and layer["weight"].get("channel_bits"):
-            # per-channel widths (BitPruning): their mean over the kept channels, as the BOPs count them
-            cb = layer["weight"]["channel_bits"]
-            kept_idx = range(channels) if layer["kept_channels"] is None else layer["kept_channels"]
-            sel = [cb[j] for j in kept_idx]
-            w = round(sum(sel) / len(sel), 2) if sel else 0
-        elif layer["quantized"]:
-            w = min(int(layer["weight"]["bits"]), FLOAT_BITS)
-        else:
-            w = FLOAT_BITS
-        if layer["quantized"] and layer["input"] is not None:
-            a = min(int(layer["input"]["bits"]), FLOAT_BITS)
-        else:  # cost model: the first layer's unquantized input counts at input_bits, other float inputs at 32
-            a = config.input_bits if i == 0 else FLOAT_BITS
-        rows.append({
-            "layer": name,
-            "type": layer["type"],
-            "weight_bits": w,
-            "input_bits": a,
-            "kept": kept,
-            "channels": channels,
-            "macs": int(layer["macs"]),
-            "bops_share": float(layer["bops"]) / total if total else 0.0,
-        })
-    return rows
+    """Per layer (network order), from `bb_lightning.cost.facts`: weight/input bits as counted in BOPs (float = 32,
+    every channel pruned = 0, the mean over kept channels for per-channel widths), kept and total output channels,
+    MACs, and share of the config's BOPs."""
+    costs = config_costs(config)
+    total = sum(c.bops for c in costs)
+    return [
+        {
+            "layer": c.name,
+            "type": c.type,
+            "weight_bits": c.w_bits_shown,
+            "input_bits": c.a_bits_counted,
+            "kept": c.kept,
+            "channels": c.channels,
+            "macs": c.macs,
+            "bops_share": c.bops / total if total else 0.0,
+        }
+        for c in costs
+    ]
 
 
 def pareto_front(relative_bops: Sequence[float], accuracy: Sequence[float]) -> list[int]:
@@ -205,7 +189,7 @@ def _img(data: bytes, alt: str) -> str:
 
 def write_report(entries: Sequence[ReportEntry], out: str | os.PathLike) -> dict[str, Path]:
     """Write ``<label>.png`` per config, ``pareto.png`` (two or more configs with accuracy) and ``report.html``."""
-    from ._io import atomic_write
+    from .._io import atomic_write
     from .plots import allocation_figure, pareto_figure, png_bytes, save_png
 
     out = Path(out)

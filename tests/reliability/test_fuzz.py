@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from bb_lightning import BayesianBits, BBConfigError, MixedPrecisionConfig
-from bb_lightning.config import CostConfig, WrapConfig
+from bb_lightning.config import WrapConfig
+from bb_lightning.cost.penalty import CostConfig
 from bb_lightning.core.fake_quant import CLIP_SHRINK, MIN_RANGE, fake_quantize, nested_quantize
 from bb_lightning.errors import NonFiniteError
 from bb_lightning.methods.bayesian_bits import BayesianBitsConfig, BayesianBitsQuantizer

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from bb_lightning.config import CostConfig, WrapConfig
-from bb_lightning.cost.regularizer import CostRegularizer
-from bb_lightning.cost.report import cost_totals, layer_costs
+from bb_lightning.config import WrapConfig
+from bb_lightning.cost.penalty import CostConfig
+from bb_lightning.methods.bayesian_bits import BayesianBitsRegularizer as CostRegularizer
+from bb_lightning.cost.facts import cost_totals, layer_costs
 from bb_lightning.methods.bayesian_bits import BayesianBitsConfig, BayesianBitsQuantizer
 from bb_lightning.methods.fixed import FixedQuantizer
 from bb_lightning.viz import plots

@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ...core.hard_concrete import EVAL_THRESHOLD
+from .hard_concrete import EVAL_THRESHOLD
 from ...errors import BBConfigError
 
 

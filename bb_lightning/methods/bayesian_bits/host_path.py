@@ -13,8 +13,8 @@ import math
 import torch
 from torch import Tensor
 
+from ...core.fake_quant import CLIP_SHRINK, FLOAT_BITS, MIN_RANGE, codes, scale
 from . import hard_concrete as hc
-from .fake_quant import CLIP_SHRINK, FLOAT_BITS, MIN_RANGE, codes, scale
 
 
 def host_sample(log_alpha: list[float], noise: list[float]) -> list[float]:

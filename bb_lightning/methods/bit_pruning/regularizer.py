@@ -13,15 +13,17 @@ widths ``w_l`` (weights) and ``a_l`` (input), the costs are (BitPruning spec 3.2
 
 Each is divided by its float32 value (all widths 32), so ``1.0`` means "everything float" and strengths transfer
 across models. Float layers count at 32 bits and the unquantized network input at ``input_bits``, as in
-`bb_lightning.cost.report`, so at integer bit widths ``bops`` equals the reported relative BOPs. Per-channel widths
+`bb_lightning.cost.facts`, so at integer bit widths ``bops`` equals the reported relative BOPs. Per-channel widths
 count each channel with its share ``1/C`` of the layer's parameters and MACs.
 
 The regulariser is ``strength * cost`` (``target=None``), or, with a budget ``target`` (bits for
 ``average_bits``, otherwise the fraction of float32, e.g. ``1/64`` for w4a4-equivalent BOPs):
 
 * ``budget_mode="hinge"``: ``strength * relu(cost / target - 1)^2`` (no pressure once under budget);
-* ``budget_mode="dual"``: ``lam * cost / target`` with ``lam <- max(0, lam + dual_lr * (cost / target - 1))`` after
-  every training evaluation (dual ascent, ``lam`` starts at ``strength``; kept on the device, no host sync).
+* ``budget_mode="dual"``: ``lam * cost / target`` with ``lam <- max(0, lam + dual_lr * (cost / target - 1))`` in
+  `BitCostRegularizer.update` (dual ascent, ``lam`` starts at ``strength``; kept on the device, no host sync). The
+  search callback calls ``update()`` once per training step, right after the loss; computing the penalty itself
+  changes no state.
 """
 
 from __future__ import annotations
@@ -34,11 +36,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import _enum
-from ..errors import BBConfigError
-from ..wrap.swap import LayerRecord
-
-FLOAT_BITS = 32.0
+from ..._validate import enum_value, non_negative, positive
+from ...core.fake_quant import FLOAT_BITS
+from ...cost.record import LayerRecord
+from ...errors import BBConfigError
+from ..base import Regularizer
 
 
 class BitCostKind(str, Enum):
@@ -53,13 +55,6 @@ class BitCostKind(str, Enum):
 class BudgetMode(str, Enum):
     HINGE = "hinge"
     DUAL = "dual"
-
-
-def _finite(name: str, value: object, positive: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
-    if not ok or (positive and value == 0):
-        raise BBConfigError(f"Expected argument `{name}` to be a finite float {'>' if positive else '>='} 0, got {value!r}.")
-    return float(value)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -81,12 +76,12 @@ class BitCostConfig:
     dual_lr: float = 0.01
 
     def __post_init__(self) -> None:
-        self.kind = _enum(BitCostKind, "regularizer", self.kind)
-        self.strength = _finite("strength", self.strength)
-        self.budget_mode = _enum(BudgetMode, "budget_mode", self.budget_mode)
-        self.dual_lr = _finite("dual_lr", self.dual_lr, positive=True)
+        self.kind = enum_value(BitCostKind, "regularizer", self.kind)
+        self.strength = non_negative("strength", self.strength)
+        self.budget_mode = enum_value(BudgetMode, "budget_mode", self.budget_mode)
+        self.dual_lr = positive("dual_lr", self.dual_lr)
         if self.target is not None:
-            self.target = _finite("target", self.target, positive=True)
+            self.target = positive("target", self.target)
             limit = FLOAT_BITS if self.kind == BitCostKind.AVERAGE_BITS else 1.0
             if self.target > limit:
                 unit = "bits" if self.kind == BitCostKind.AVERAGE_BITS else "fraction of float32"
@@ -103,7 +98,7 @@ class BitCostConfig:
         return self.target / FLOAT_BITS if self.kind == BitCostKind.AVERAGE_BITS else self.target
 
 
-class BitCostRegularizer:
+class BitCostRegularizer(Regularizer):
     """``strength * cost`` or a budget penalty over the expected bit widths of every quantizer (0-dim tensor)."""
 
     def __init__(
@@ -140,11 +135,12 @@ class BitCostRegularizer:
                 self.input_quantizers.append(iq)
             else:
                 layer_a.append(("c", len(const_a)))
-                const_a.append(float(input_bits) if rec.is_first else FLOAT_BITS)
+                const_a.append(float(rec.float_input_bits(input_bits)))
         if not self.weight_quantizers:
             raise BBConfigError("The bit-cost regulariser found no quantized layer.")
         self._w_layer, self._layer_a, self._const_w, self._const_a = w_layer, layer_a, const_w, const_a
         self._dual: Tensor | None = None
+        self._pending: Tensor | None = None  # the last penalty's cost / target, for the next dual step
         self._cache: dict[Any, dict[str, Tensor]] = {}
 
     # ----- constants, built once per device and width layout ---------------------------------------------------
@@ -238,9 +234,15 @@ class BitCostRegularizer:
         lam = self._multiplier(cost.device)
         penalty = (lam.clone() * self.scale) * ratio
         if self.scale > 0 and torch.is_grad_enabled():
-            with torch.no_grad():  # dual ascent on the multiplier, on the device
-                lam.add_(self.cost.dual_lr * (ratio.detach() - 1.0)).clamp_(min=0.0)
+            self._pending = ratio.detach()
         return penalty
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Dual ascent on the multiplier from the last training penalty (on the device; no-op otherwise)."""
+        if self._pending is not None and self._dual is not None:
+            self._dual.add_(self.cost.dual_lr * (self._pending - 1.0)).clamp_(min=0.0)
+        self._pending = None
 
     # ----- persistence (exact resume) ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -249,6 +251,7 @@ class BitCostRegularizer:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if "dual" in state:
             self._dual = torch.as_tensor(state["dual"]).clone()
+        self._pending = None
 
 
 __all__ = ["BitCostConfig", "BitCostKind", "BitCostRegularizer", "BudgetMode"]
