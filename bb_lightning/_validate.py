@@ -4,8 +4,10 @@ Each returns the normalised value or raises `bb_lightning.BBConfigError` ("Expec
 
 >>> positive("gate_lr", 1e-3)
 0.001
->>> enum_value(type("Kind", (str, __import__("enum").Enum), {"A": "a"}), "kind", "a").value
-'a'
+>>> int_in("input_bits", 0, 1, 32)
+Traceback (most recent call last):
+    ...
+bb_lightning.errors.BBConfigError: Expected argument `input_bits` to be an int in [1, 32], but got 0.
 """
 
 from __future__ import annotations

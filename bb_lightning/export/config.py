@@ -230,18 +230,9 @@ class MixedPrecisionConfig:
             raise BBConfigError(f"Invalid MixedPrecisionConfig in {source}: {err}") from None
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write JSON atomically: a temporary file in the same folder, flushed to disk, then published under
-        ``path`` in one step, so a crash or a full disk never leaves a half-written file (nor a stray temporary).
-
-        Args:
-            path: the JSON file; missing parent folders are created.
-            overwrite: replace an existing file. Otherwise an existing ``path`` raises `FileExistsError`, also when
-                another process creates it while this one writes (the file is published with a hard link, which
-                fails if the name exists; on file systems without hard links, an existence check before renaming).
-
-        Returns:
-            ``path``.
-        """
+        """Write JSON atomically (`bb_lightning._io.atomic_write`: a crash or a full disk never leaves a half-written
+        file); missing parent folders are created. Without ``overwrite`` an existing ``path`` raises
+        `FileExistsError`, also when another process creates it while this one writes. Returns ``path``."""
         text = io.StringIO()
         json.dump(self.to_dict(), text, indent=2)
         text.write("\n")

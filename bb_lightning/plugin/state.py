@@ -1,7 +1,7 @@
 """What a wrapped LightningModule carries: the plan, the wrapped layers, the regulariser; (de)serialisable.
 
-The state hangs off the LightningModule as a plain attribute (``_bb_state``, not a submodule), so it adds nothing to
-the state dict. Its plain-data form goes into checkpoints under ``checkpoint["bb_lightning"]`` so that
+The state hangs off the LightningModule as its only added attribute (``_bb_state``, a plain attribute, not a
+submodule), so it adds nothing to the state dict. Its plain-data form goes into checkpoints under ``checkpoint["bb_lightning"]`` so that
 ``LightningModule.load_from_checkpoint`` can re-wrap the model before the weights load.
 """
 
@@ -15,10 +15,10 @@ from torch import Tensor, nn
 
 from .._registry import get_method
 from ..config import WrapConfig
+from ..cost.record import LayerRecord
 from ..errors import BBConfigError
 from ..export import MixedPrecisionConfig, build_config
-from ..methods.base import QuantizerBase
-from ..cost.record import LayerRecord
+from ..methods.base import QuantizerBase, Regularizer
 from ..wrap.swap import apply_plan
 
 STATE_ATTR = "_bb_state"
@@ -52,8 +52,10 @@ class QuantizationState:
         self.method, self.method_config, self.wrap, self.cost = method, method_config, wrap, cost
         self.records, self.modules, self.root_attr = records, modules, root_attr
         self.model_class = type(root).__name__
-        self.regularizer = self._make_regularizer(cost)
+        self.regularizer: Regularizer = self._make_regularizer(cost)
         self.penalty_calls = 0
+        #: nesting depth of ``training_step`` calls (the mixin adds the penalty at depth 0 only)
+        self.step_depth = 0
         self._constrained: list[QuantizerBase] | None = None  # quantizers with a projection, listed on first use
         self.frozen = False
         #: fixed gates kept in the loss (times 0) for DDP; see `bb_lightning.lightning.distributed`
@@ -75,7 +77,7 @@ class QuantizationState:
                 groups.setdefault(name, []).extend(params)
         return groups
 
-    def _make_regularizer(self, cost: Any) -> Any:
+    def _make_regularizer(self, cost: Any) -> Regularizer:
         entry = get_method(self.method)
         if not isinstance(cost, entry.cost_config):
             raise BBConfigError(
@@ -109,6 +111,22 @@ class QuantizationState:
         if self.keepalive:
             out = out + sum(p.sum() for p in self.keepalive) * 0.0
         return out
+
+    def check_same(self, pl_module: nn.Module, method: str, method_config: Any, wrap: WrapConfig) -> None:
+        """An already-quantized module keeps its layers: refuse settings that would quantize it differently."""
+        if self.method != method:
+            raise BBConfigError(
+                f"`{type(pl_module).__name__}` is already quantized with `{self.method}`, not `{method}`."
+            )
+        mine = {**_init_fields(method_config), **_init_fields(wrap)}
+        theirs = {**_init_fields(self.method_config), **_init_fields(self.wrap)}
+        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+        if diff:
+            raise BBConfigError(
+                f"`{type(pl_module).__name__}` is already quantized with different settings "
+                + ", ".join(f"{k}={theirs.get(k)!r} (this callback: {mine[k]!r})" for k in diff)
+                + ". Use the same settings, or start from a fresh model."
+            )
 
     def freeze(self) -> None:
         for q in self.quantizers():
@@ -145,6 +163,24 @@ class QuantizationState:
         if data.get("frozen"):
             state.freeze()
         return state
+
+
+def example_input(pl_module: nn.Module, root: nn.Module, input_size: tuple[int, ...] | None) -> Tensor:
+    """A one-sample input to count MACs: ``input_size``, the module's ``example_input_array`` or timm's
+    ``pretrained_cfg["input_size"]``."""
+    device = next(root.parameters()).device
+    if input_size is not None:
+        return torch.zeros((1, *input_size), device=device)
+    example = getattr(pl_module, "example_input_array", None)
+    if isinstance(example, Tensor):
+        return example[:1].to(device)
+    cfg = getattr(root, "pretrained_cfg", None) or {}
+    if "input_size" in cfg:
+        return torch.zeros((1, *cfg["input_size"]), device=device)
+    raise BBConfigError(
+        f"Cannot tell the input size of `{type(pl_module).__name__}` to count MACs. HINT: pass "
+        "`input_size=(C, H, W)` to the callback or set `self.example_input_array` in your LightningModule."
+    )
 
 
 def root_attr_name(pl_module: nn.Module, model_attr: str | None) -> str:

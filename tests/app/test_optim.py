@@ -10,7 +10,7 @@ from helpers import digits, tiny_module, trainer
 
 from bb_lightning import BayesianBits
 from bb_lightning.errors import BBConfigError
-from bb_lightning.lightning.optim import GroupLambdaLR, LRSchedule, SplitOptimizer
+from bb_lightning.app.optim import GroupLambdaLR, LRSchedule, SplitOptimizer
 
 
 def test_hold_linear_matches_reference_mnist_and_cifar():

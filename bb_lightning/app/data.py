@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from .._validate import fail
 from ..errors import BBConfigError
 
 
@@ -71,7 +72,7 @@ class DigitsDataModule(SplitLoaders, pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if channels not in (1, 3):
-            raise BBConfigError(f"Expected argument `channels` to be 1 or 3, but got {channels!r}.")
+            raise fail("channels", "1 or 3", channels)
         if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
             raise BBConfigError(
                 f"Expected `val_fraction` and `test_fraction` in (0, 1) summing below 1, got {val_fraction}, "

@@ -9,7 +9,7 @@ import bb_lightning  # noqa: F401
 from bb_lightning.config import WrapConfig
 from bb_lightning.export import MixedPrecisionConfig, build_config
 from bb_lightning.methods.bit_pruning import BitPruningConfig
-from bb_lightning.viz.report import layer_rows
+from bb_lightning.app.report import layer_rows
 from bb_lightning.wrap.swap import apply_plan, plan_layers
 
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from bb_lightning.errors import BBConfigError
-from bb_lightning.lightning.datasets import (
+from bb_lightning.app.datasets import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     IMAGENET_MEAN,

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from helpers import PlainMLP, digits, tiny_module, trainer
 
 from bb_lightning import BayesianBits, BBConfigError, CostRegularizerMixin
-from bb_lightning.lightning.module import TimmClassifier
-from bb_lightning.lightning.state import get_state
+from bb_lightning.app.module import TimmClassifier
+from bb_lightning.plugin.state import get_state
 
 pytestmark = [pytest.mark.lightning_fit, pytest.mark.timeout(300)]
 

@@ -7,8 +7,8 @@ import torch
 from helpers import digits, trainer
 
 from bb_lightning import BayesianBits, BitPruning, apply_config
-from bb_lightning.lightning.module import TimmClassifier
-from bb_lightning.lightning.state import get_state
+from bb_lightning.app.module import TimmClassifier
+from bb_lightning.plugin.state import get_state
 from bb_lightning.wrap.layers import QuantizedLayer
 
 pytestmark = [pytest.mark.lightning_fit, pytest.mark.timm_models, pytest.mark.timeout(300)]

@@ -4,7 +4,8 @@
   on the progress bar), and one row of the layer x epoch bit history;
 * every validation epoch, rank zero, for each ``WandbLogger``: the per-layer table, histograms of the method's
   details (gate probabilities), bar charts of bits per layer and the heat map image (`bb_lightning.viz.wandb_objects`);
-* at the end of ``fit``, rank zero: PNG files and a CSV of the final allocation in ``<log_dir>/bb_plots/``, and for
+* at the end of ``fit``, rank zero: PNG files and a CSV of the final allocation in ``<run folder>/bb_plots/`` (the
+  folder of the export, `bb_lightning.plugin.export_hook`), and for
   each ``WandbLogger`` the same images plus the exported config as an artifact of type ``mixed-precision-config``.
 
 Per-epoch rich objects go through ``wandb.log(..., commit=False)`` (joining the row of the epoch's ``bb/*`` scalars,
@@ -23,6 +24,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from .._io import atomic_write
 from ..viz.snapshot import BitHistory, BitSnapshot, take_snapshot
 from .state import QuantizationState, _init_fields
 
@@ -40,8 +42,6 @@ def snapshot(state: QuantizationState) -> BitSnapshot:
 
 
 def _write_csv(path: Path, snap: BitSnapshot) -> None:
-    from .._io import atomic_write
-
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(snap.columns())
@@ -50,7 +50,7 @@ def _write_csv(path: Path, snap: BitSnapshot) -> None:
 
 
 class BitMonitor:
-    """Owned by `bb_lightning.QuantizationCallback`; keeps the bit history (persisted in the callback's state)."""
+    """Owned by `bb_lightning.plugin.search.QuantizationSearch`; keeps the bit history (persisted in the callback's state)."""
 
     def __init__(self) -> None:
         self.history = BitHistory()
@@ -73,9 +73,7 @@ class BitMonitor:
             "method_config": _init_fields(callback.method_config),
             "wrap": _init_fields(callback.wrap),
             "cost": _init_fields(callback.cost),
-            "gate_lr": callback.gate_lr,
-            "range_lr": callback.range_lr,
-            "finetune_epochs": callback.finetune_epochs,
+            "schedule": _init_fields(callback.schedule),
         }
         for logger in wandb_loggers(trainer):
             logger.log_hyperparams({"bb_lightning": settings})

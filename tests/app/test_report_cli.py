@@ -18,9 +18,9 @@ from PIL import Image
 from wandb_records import read_offline_run
 
 from bb_lightning import BayesianBits, MixedPrecisionConfig
-from bb_lightning.lightning.cli import main
-from bb_lightning.lightning.state import get_state
-from bb_lightning.viz.report import layer_rows, read_accuracy, sidecar_path
+from bb_lightning.app.cli import main
+from bb_lightning.plugin.state import get_state
+from bb_lightning.app.report import layer_rows, read_accuracy, sidecar_path
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "digits_bayesian_bits.yaml"
@@ -54,7 +54,7 @@ def cli_run(tmp_path_factory):
                 "--trainer.limit_test_batches", "3",
                 "--trainer.enable_progress_bar", "false",
                 "--trainer.callbacks.init_args.finetune_epochs", "1",
-                "--trainer.callbacks.init_args.strength", "0.07",
+                "--trainer.callbacks.init_args.mu", "0.07",
                 "--model.model_name", "test_resnet",
                 "--trainer.logger=lightning.pytorch.loggers.WandbLogger",
                 f"--trainer.logger.init_args.save_dir={tmp}",
@@ -71,7 +71,8 @@ def cli_run(tmp_path_factory):
 
 def test_cli_writes_metrics_sidecar_and_wandb_run_config(cli_run):
     text, path = cli_run["out"], cli_run["config"]
-    assert path.parent == cli_run["dir"] and path.exists()
+    # a W&B logger shares its save_dir between runs: the export goes to a per-run folder there
+    assert path.parent == cli_run["dir"] / "bb_lightning" / "version_0" and path.exists()
     side = sidecar_path(path)
     assert side.name == "mixed_precision_config.metrics.json" and f"test metrics  : {side}" in text
     metrics = json.loads(side.read_text())
@@ -81,7 +82,7 @@ def test_cli_writes_metrics_sidecar_and_wandb_run_config(cli_run):
     run = read_offline_run(cli_run["dir"])
     cli = run.config["cli"]
     (cb,) = cli["trainer"]["callbacks"]
-    assert cb["class_path"] == "bb_lightning.BayesianBits" and cb["init_args"]["strength"] == 0.07
+    assert cb["class_path"] == "bb_lightning.BayesianBits" and cb["init_args"]["mu"] == 0.07
     assert cli["model"]["model_name"] == "test_resnet" and cli["trainer"]["max_epochs"] == 2
     assert any(a.type == "mixed-precision-config" for a in run.artifacts)
     assert len(run.rows_with("bb/layers")) == 2  # the callback's per-epoch table, through the CLI too
@@ -201,7 +202,7 @@ def test_sweep_recipe_keys_are_cli_arguments(capsys):
     sweep = yaml.safe_load(SWEEP.read_text())
     assert sweep["method"] in ("grid", "random", "bayes") and sweep["metric"]["name"] == "test/acc"
     command = sweep["command"]
-    assert command[:4] == ["${env}", "python", "-m", "bb_lightning.lightning.cli"] and command[-1] == "${args}"
+    assert command[:4] == ["${env}", "python", "-m", "bb_lightning.app.cli"] and command[-1] == "${args}"
     fixed = command[4:-1]
     assert (ROOT / fixed[fixed.index("--config") + 1]).exists()
     for key, spec in sweep["parameters"].items():

@@ -25,6 +25,7 @@ from typing import Any
 import lightning.pytorch as pl
 from torch.utils.data import Dataset
 
+from .._validate import int_at_least
 from ..errors import BBConfigError
 from .data import SplitLoaders
 
@@ -53,10 +54,8 @@ class _ImageDataModule(SplitLoaders, pl.LightningDataModule):
         pin_memory: bool,
     ) -> None:
         super().__init__()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise BBConfigError(f"Expected argument `batch_size` to be an int >= 1, but got {batch_size!r}.")
-        if isinstance(fake_size, bool) or not isinstance(fake_size, int) or fake_size < 0:
-            raise BBConfigError(f"Expected argument `fake_size` to be an int >= 0 (0 = real data), got {fake_size!r}.")
+        int_at_least("batch_size", batch_size, 1)
+        int_at_least("fake_size", fake_size, 0)  # 0 = real data
         self.data_dir = Path(data_dir).expanduser()
         self.batch_size, self.num_workers, self.download = batch_size, num_workers, download
         self.fake_size, self.pin_memory = fake_size, pin_memory

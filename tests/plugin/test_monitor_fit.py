@@ -17,7 +17,7 @@ from PIL import Image
 from wandb_records import read_offline_run
 
 from bb_lightning import BayesianBits, MixedPrecisionConfig
-from bb_lightning.lightning.state import get_state
+from bb_lightning.plugin.state import get_state
 
 pytestmark = [pytest.mark.lightning_fit, pytest.mark.timeout(300)]
 
@@ -125,7 +125,9 @@ def test_scalars_any_logger_pngs_and_history_survive_resume(tmp_path):
     t2.fit(tiny_module(), datamodule=digits(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert cb2.monitor.history.epochs == [0, 1, 2]
     assert cb2.monitor.history.w_bits[:2] == hist["w_bits"] != [hist["w_bits"][0]] * 2  # epochs differ
-    _png_ok(tmp_path / "resume" / "bb_plots" / "bit_heatmap.png")
+    # no logger: the plots go to a per-run folder under default_root_dir, with the export
+    assert cb2.config_path == tmp_path / "resume" / "bb_lightning" / "version_0" / "mixed_precision_config.json"
+    _png_ok(tmp_path / "resume" / "bb_lightning" / "version_0" / "bb_plots" / "bit_heatmap.png")
 
 
 def test_wandb_offline_run_reads_back(tmp_path, monkeypatch):

@@ -11,8 +11,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from bb_lightning import BitPruning, MixedPrecisionConfig, apply_config
 from bb_lightning.errors import BBConfigError
-from bb_lightning.lightning.data import DigitsDataModule
-from bb_lightning.lightning.state import get_state
+from bb_lightning.app.data import DigitsDataModule
+from bb_lightning.plugin.state import get_state
 from bb_lightning.methods.bit_pruning import BitPruningQuantizer
 
 pytestmark = [pytest.mark.lightning_fit, pytest.mark.timeout(300)]
@@ -142,7 +142,7 @@ def test_bit_pruning_rejects_a_bayesian_bits_model(tmp_path):
 
 
 def test_load_from_checkpoint_rebuilds_bit_pruning(tmp_path):
-    from bb_lightning.lightning.module import TimmClassifier
+    from bb_lightning.app.module import TimmClassifier
 
     model = tiny_module()
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)

@@ -6,8 +6,8 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from bb_lightning.lightning.data import DigitsDataModule
-from bb_lightning.lightning.module import TimmClassifier
+from bb_lightning.app.data import DigitsDataModule
+from bb_lightning.app.module import TimmClassifier
 
 
 def tiny_module(**kwargs) -> TimmClassifier:

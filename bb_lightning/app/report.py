@@ -4,8 +4,8 @@ Usage::
 
     bb-lightning report CONFIG.json [CONFIG2.json | RUN_DIR ...] [--out DIR] [--accuracy A ...] [--labels L ...]
 
-For each `MixedPrecisionConfig` (a JSON file, or every ``mixed_precision_config*.json`` in a run directory) it prints
-the per-layer table and writes ``<label>.png`` (bits per layer, kept/pruned channels, share of BOPs per layer) into
+For each `MixedPrecisionConfig` (a JSON file, or every ``mixed_precision_config*.json`` in or below a run directory)
+it prints the per-layer table and writes ``<label>.png`` (bits per layer, kept/pruned channels, share of BOPs per layer) into
 ``--out``; ``report.html`` gathers every config with its table and pictures. With two or more configs that have an
 accuracy (``--accuracy``, one value per config, or the ``<config>.metrics.json`` sidecar that ``bb-lightning fit``
 writes after testing), it also plots accuracy vs relative BOPs with the Pareto front (``pareto.png``).
@@ -74,11 +74,11 @@ class ReportEntry:
 
 
 def find_configs(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Expand run directories into their ``mixed_precision_config*.json`` files (sorted); keep files as given."""
+    """Expand run directories into the ``mixed_precision_config*.json`` files in or below them (sorted)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.glob("mixed_precision_config*.json") if not f.name.endswith(SIDECAR_SUFFIX))
+            found = sorted(f for f in p.rglob("mixed_precision_config*.json") if not f.name.endswith(SIDECAR_SUFFIX))
             if not found:
                 raise BBConfigError(f"Run directory {p} holds no mixed_precision_config*.json.")
             out.extend(found)
@@ -190,7 +190,7 @@ def _img(data: bytes, alt: str) -> str:
 def write_report(entries: Sequence[ReportEntry], out: str | os.PathLike) -> dict[str, Path]:
     """Write ``<label>.png`` per config, ``pareto.png`` (two or more configs with accuracy) and ``report.html``."""
     from .._io import atomic_write
-    from .plots import allocation_figure, pareto_figure, png_bytes, save_png
+    from ..viz.plots import allocation_figure, pareto_figure, png_bytes, save_png
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 import bb_lightning
 from bb_lightning import BayesianBits, CostRegularizerMixin, MixedPrecisionConfig, apply_config
-from bb_lightning.lightning.state import get_state
+from bb_lightning.plugin.state import get_state
 from bb_lightning.wrap.layers import QuantizedLayer
 
 pytestmark = [pytest.mark.lightning_fit, pytest.mark.timeout(300)]
@@ -33,7 +33,7 @@ def test_fit_exports_config_and_groups(tmp_path):
     # every conv/linear of the timm model is wrapped; timm keys unchanged
     layers = [m for m in model.model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     assert layers and all(isinstance(m, QuantizedLayer) for m in layers)
-    fresh = bb_lightning.lightning.module.TimmClassifier(**model.hparams)
+    fresh = bb_lightning.app.module.TimmClassifier(**model.hparams)
     assert set(fresh.state_dict()) <= set(model.state_dict())
 
     # quantizer params in their own groups: no weight decay, own lr, and not duplicated in the user's group

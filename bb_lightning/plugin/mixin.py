@@ -1,4 +1,14 @@
-"""``CostRegularizerMixin``: put the quantization regulariser into a LightningModule's training loss."""
+"""``CostRegularizerMixin``: put the quantization regulariser into a LightningModule's training loss.
+
+Where the penalty is added, and why there: Lightning has no hook that may change the loss ``training_step``
+returns. ``on_before_backward`` only sees it; overriding ``LightningModule.backward`` would receive the loss already
+divided for gradient accumulation and multiplied by the AMP gradient scaler (``"16-mixed"``), and after the
+callbacks' ``on_before_backward`` checks, so the penalty would have to be rescaled by hand, would be missing from
+the logged loss and from the NaN/inf check. So the mixin wraps the ``training_step`` of each class it is mixed into
+(once, when the class is defined) and adds ``quantization_penalty()`` to what it returns: a loss tensor or a dict
+with ``"loss"``. Nested calls (a ``training_step`` calling ``super().training_step``) add it once. The only
+attribute the mixin and the callbacks add to the module is ``_bb_state`` (`bb_lightning.plugin.state`).
+"""
 
 from __future__ import annotations
 
@@ -31,18 +41,19 @@ def _add_penalty(module: Any, out: Any) -> Any:
 def _wrap_training_step(fn: Any) -> Any:
     @functools.wraps(fn)
     def training_step(self: Any, *args: Any, **kwargs: Any) -> Any:
-        depth = self.__dict__.get("_bb_step_depth", 0)
-        self.__dict__["_bb_step_depth"] = depth + 1
+        state = get_state(self)
+        if state is None:
+            return fn(self, *args, **kwargs)
+        state.step_depth += 1
         try:
             out = fn(self, *args, **kwargs)
         finally:
-            self.__dict__["_bb_step_depth"] = depth
+            state.step_depth -= 1
         if (
-            depth == 0
+            state.step_depth == 0
             and out is not None
             and self.auto_quantization_penalty
             and getattr(self, "automatic_optimization", True)
-            and get_state(self) is not None
         ):
             out = _add_penalty(self, out)
         return out
@@ -51,13 +62,32 @@ def _wrap_training_step(fn: Any) -> Any:
     return training_step
 
 
+def check_penalty_reached(pl_module: Any, state: QuantizationState, strength: float) -> None:
+    """Raise `BBConfigError` at the first backward if a search with ``strength > 0`` never computed its penalty."""
+    if state.penalty_calls or not strength > 0 or state.frozen:
+        return
+    if isinstance(pl_module, CostRegularizerMixin):
+        raise BBConfigError(
+            f"The quantization regulariser never reached the loss of `{type(pl_module).__name__}`. It has "
+            "CostRegularizerMixin, so either `auto_quantization_penalty` is False (add "
+            "`self.quantization_penalty()` to your loss) or training_step returned something the mixin "
+            "cannot add to (return a loss tensor or a dict with 'loss')."
+        )
+    raise BBConfigError(
+        f"The quantization regulariser never reached the loss of `{type(pl_module).__name__}`, so the search "
+        "would optimise nothing. HINT: add `bb_lightning.CostRegularizerMixin` to your LightningModule "
+        "(`class Model(CostRegularizerMixin, LightningModule)`), or add `self.quantization_penalty()` to the "
+        "loss your training_step returns."
+    )
+
+
 class CostRegularizerMixin:
     """Mix into a ``LightningModule`` (before it: ``class Model(CostRegularizerMixin, LightningModule)``).
 
     With a quantization callback (`bb_lightning.BayesianBits`) on the Trainer, adding the mixin is enough:
 
-    * the regulariser ``strength * sum_k R_k`` is added to the loss your ``training_step`` returns (a tensor or a
-      dict with ``"loss"``) and logged as ``bb/penalty``;
+    * the regulariser is added to the loss your ``training_step`` returns (a tensor or a dict with ``"loss"``) and
+      logged as ``bb/penalty`` (see the module docstring for why ``training_step`` and not a hook);
     * ``LightningModule.load_from_checkpoint`` re-creates the quantized layers before the weights load.
 
     Set the class attribute ``auto_quantization_penalty = False`` to place the penalty yourself:
@@ -82,7 +112,8 @@ class CostRegularizerMixin:
         cls.training_step = _wrap_training_step(step)  # type: ignore[attr-defined]
 
     def quantization_penalty(self) -> Tensor:
-        """``strength * sum_k R_k`` over every quantizer (0-dim tensor); 0 when the model is not quantized."""
+        """The method's regulariser (0-dim tensor, strength and schedule applied); 0 when the model is not
+        quantized."""
         state = get_state(self)  # type: ignore[arg-type]
         if state is None:
             return torch.zeros(())

@@ -21,9 +21,9 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from .._validate import fail
 from ..errors import BBConfigError
-
-GROUP_TAG = "bb_lightning"  # the tag `QuantizationCallback` puts on its gate/range groups
+from ..plugin.param_groups import GROUP_TAG  # the tag the plugin puts on its quantizer groups
 SCHEDULES = ("constant", "cosine", "hold_linear", "multistep")
 
 
@@ -51,7 +51,7 @@ class LRSchedule:
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
-            raise BBConfigError(f"Expected argument `lr_schedule` to be one of {list(SCHEDULES)}, got {self.kind!r}.")
+            raise fail("lr_schedule", f"one of {list(SCHEDULES)}", self.kind)
 
     def __call__(self, t: int) -> float:
         total = max(int(self.total), 1)
@@ -77,7 +77,8 @@ class GroupLambdaLR(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, schedule: LRSchedule, schedule_quantizer_groups: bool = False) -> None:
         self.schedule = schedule
-        #: read by `QuantizationCallback`: do not hide the quantizer groups from this scheduler
+        #: the plugin's protocol (`bb_lightning.plugin.schedule.SCHEDULES_QUANTIZER_GROUPS`): with True, the search
+        #: callback leaves the quantizer groups' learning rates to this scheduler
         self.schedules_quantizer_groups = schedule_quantizer_groups
         super().__init__(optimizer)
 

@@ -4,7 +4,7 @@
 then tests the fixed model, prints the test accuracy, the relative BOPs and the config's path, and writes the test
 metrics next to the config (``<config>.metrics.json``). With a ``WandbLogger`` the run's full CLI config goes into the
 W&B run config under ``cli``. ``bb-lightning report CONFIG.json ...`` prints and plots exported configs
-(`bb_lightning.viz.report`).
+(`bb_lightning.app.report`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
-from ..viz.report import main as report_main
-from ..viz.report import write_metrics_sidecar
+from ..plugin.finetune import FixedGateFinetune
+from ..plugin.search import QuantizationSearch
 from . import datasets as _datasets  # noqa: F401  (MNIST, CIFAR-10, ImageNet)
-from .callback import QuantizationCallback
 from .data import DigitsDataModule
-from .finetune import FixedGateFinetune
 from .module import TimmClassifier
+from .report import main as report_main
+from .report import write_metrics_sidecar
 
 
 class BBLightningCLI(LightningCLI):
@@ -38,7 +38,7 @@ class BBLightningCLI(LightningCLI):
                 logger.log_hyperparams({"cli": config.as_dict()})
 
     def after_fit(self) -> None:
-        callbacks = [c for c in self.trainer.callbacks if isinstance(c, QuantizationCallback)]
+        callbacks = [c for c in self.trainer.callbacks if isinstance(c, QuantizationSearch)]
         results = self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
         if not self.trainer.is_global_zero:
             return
@@ -48,6 +48,7 @@ class BBLightningCLI(LightningCLI):
             print(f"test accuracy : {100 * acc:.2f}%")
         for cb in callbacks:
             if cb.config is not None:
+                print(f"learned mixed-precision configuration ({cb.method})\n{cb.config.table()}")
                 t = cb.config.totals
                 print(f"relative BOPs : {100 * t['relative_bops']:.3f}% of w32a32 ({t['bops'] / 1e9:.4f} GBOPs)")
                 print(f"weight memory : {t['weight_memory_bytes'] / 1024:.1f} KiB "

@@ -1,4 +1,7 @@
-"""Stop a fit at a NaN/inf loss or quantizer gradient, with a message naming the first layer at fault.
+"""``NonFiniteGuard``: stop a fit at a NaN/inf loss or quantizer gradient, naming the first layer at fault.
+
+A callback of its own; the search callback adds one to the Trainer in ``setup`` unless the Trainer already has one
+(pass your own ``NonFiniteGuard()`` in ``callbacks`` to place or subclass it).
 
 Two checks: the loss before ``backward``, and the gradients of the quantizer parameters (a few scalars per layer)
 before each optimizer step. A NaN/inf gradient anywhere upstream of a quantizer reaches its range and gate gradients,
@@ -22,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import NonFiniteError
-from .state import QuantizationState, resolve_root
+from .state import get_state, resolve_root
 
 
 def _first_tensor(batch: Any) -> Tensor | None:
@@ -81,17 +84,25 @@ def diagnose(root: nn.Module, batch: Any) -> str:
     return f"the output of layer `{name or type(root).__name__}` ({type(layer).__name__}) is the first NaN/inf"
 
 
-class NonFiniteGuard:
-    """Per-fit state of the check; the callback calls `batch_start` and `check`."""
+class NonFiniteGuard(pl.Callback):
+    """Raise `bb_lightning.NonFiniteError` at the first NaN/inf training loss or quantizer gradient (see the module
+    docstring); a model without quantizers gets the loss check only."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._batch: Any = None
         self._flag: Tensor | None = None
         self._grad_flag: Tensor | None = None
         self._params: tuple[Any, list[Tensor]] | None = None  # (state, its quantizer parameters), listed once
 
-    def batch_start(self, batch: Any) -> None:
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._batch = batch  # a reference only, for the re-run if the loss turns out non-finite
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        self.check(trainer, pl_module, loss)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        self.check_gradients(trainer, pl_module)
 
     @staticmethod
     def _read(trainer: pl.Trainer, flag: Tensor, acc: Tensor | None) -> tuple[bool | None, Tensor | None]:
@@ -103,10 +114,13 @@ class NonFiniteGuard:
             return None, acc
         return bool(acc), None
 
-    def check_gradients(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: QuantizationState) -> None:
+    def check_gradients(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Raise `NonFiniteError` if a quantizer parameter's gradient is NaN/inf (before the optimizer step)."""
         if getattr(trainer.precision_plugin, "scaler", None) is not None:
             return  # a GradScaler skips steps with inf gradients by design
+        state = get_state(pl_module)
+        if state is None:
+            return
         if self._params is None or self._params[0] is not state:
             self._params = (state, [p for q in state.quantizers() for p in q.parameters()])
         grads = [p.grad for p in self._params[1] if p.grad is not None]
@@ -132,12 +146,13 @@ class NonFiniteGuard:
             "rates, or (under bf16/16-bit mixed precision) check whether the layer's backward overflows."
         )
 
-    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: QuantizationState, loss: Tensor) -> None:
+    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
         """Raise `NonFiniteError` if ``loss`` (or, on accelerators, any loss since the last read) is NaN/inf."""
         bad, self._flag = self._read(trainer, ~torch.isfinite(loss.detach()).all(), self._flag)
         if not bad:
             return
-        root = resolve_root(pl_module, state.root_attr)
+        state = get_state(pl_module)
+        root = resolve_root(pl_module, state.root_attr) if state is not None else pl_module
         where = diagnose(root, self._batch)
         raise NonFiniteError(
             f"bb_lightning: the training loss is {float(loss)} at step {trainer.global_step} (epoch "

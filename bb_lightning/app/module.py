@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from .._validate import fail
 from ..errors import BBConfigError
-from .mixin import CostRegularizerMixin
+from ..plugin.mixin import CostRegularizerMixin
 from .optim import SCHEDULES, GroupLambdaLR, LRSchedule, SplitOptimizer
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -45,7 +46,7 @@ class TimmClassifier(CostRegularizerMixin, pl.LightningModule):
             ``"same"``: by the weights' optimizer.
         lr_schedule: ``"constant"``, ``"cosine"`` (to 0 at the end of training), ``"hold_linear"`` (the reference's
             MNIST/CIFAR schedule: constant for the first two thirds, then linear decay) or ``"multistep"``
-            (times ``lr_gamma`` at each of ``lr_milestones``); see `bb_lightning.lightning.optim.LRSchedule`.
+            (times ``lr_gamma`` at each of ``lr_milestones``); see `bb_lightning.app.optim.LRSchedule`.
         lr_interval: step the schedule every ``"epoch"`` or every optimizer ``"step"``.
         lr_milestones: epochs (or steps) of the ``multistep`` decay.
         lr_gamma: factor of the ``multistep`` decay.
@@ -83,7 +84,7 @@ class TimmClassifier(CostRegularizerMixin, pl.LightningModule):
             ("lr_interval", lr_interval, _INTERVALS),
         ):
             if value not in choices:
-                raise BBConfigError(f"Expected argument `{name}` to be one of {list(choices)}, got {value!r}.")
+                raise fail(name, f"one of {list(choices)}", value)
         if model_name not in timm.list_models() and not timm.is_model(model_name):
             raise BBConfigError(f"Unknown timm model {model_name!r}; see `timm.list_models()`.")
         for name in ("checkpoint_path", "pretrained_file"):

@@ -5,7 +5,8 @@ that a search found: every quantizer is replaced by a fixed-bit quantizer with t
 range and channel mask (no gates, no regulariser), and BatchNorm folded during the search is folded statically from
 its running statistics. The conversion is lossless: before any fine-tuning step, the model's evaluation logits equal
 the searched model's. Only the weights, biases and ranges train; the ranges get their own optimizer group
-(``range_lr``, no weight decay; with `TimmClassifier`'s ``optimizer: sgd`` they use Adam as in the reference).
+(``range_lr``, no weight decay), added in ``on_fit_start`` by the same helper as the search callback's groups
+(`bb_lightning.plugin.param_groups`) and persisted by parameter name.
 
 The starting point is either a search checkpoint (a Lightning ``.ckpt`` written while a quantization callback was
 active) or an exported `MixedPrecisionConfig` plus the searched weights.
@@ -22,13 +23,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from .. import _validate as v
 from ..errors import BBConfigError
 from ..export import MixedPrecisionConfig, apply_config
 from ..methods.base import QuantizerBase
 from ..wrap.bn_fold import unfold_bn_train
 from ..wrap.layers import unwrap_layer
-from .callback import _find_optimizers
-from .optim import GROUP_TAG
+from . import param_groups
 from .state import CHECKPOINT_KEY, STATE_ATTR, QuantizationState, get_state, resolve_root, root_attr_name
 
 _DONE = "_bb_finetune_config"
@@ -80,12 +81,11 @@ class FixedGateFinetune(pl.Callback):
             )
         if weights is not None and config is None:
             raise BBConfigError("`weights` goes with `config`; a `search_checkpoint` already holds the weights.")
-        if isinstance(range_lr, bool) or not isinstance(range_lr, (int, float)) or not 0 < range_lr < float("inf"):
-            raise BBConfigError(f"Expected argument `range_lr` to be a float > 0, but got {range_lr!r}.")
         self.search_checkpoint, self.config_path, self.weights = search_checkpoint, config, weights
-        self.range_lr = float(range_lr)
-        self.model_attr = model_attr
+        self.range_lr = v.positive("range_lr", range_lr)
+        self.model_attr = v.optional_str("model_attr", model_attr)
         self.config: MixedPrecisionConfig | None = None
+        self._layout: param_groups.Layout | None = None
 
     # ----- conversion ----------------------------------------------------------------------------------------
     def _from_checkpoint(self, pl_module: pl.LightningModule, root: nn.Module) -> MixedPrecisionConfig:
@@ -146,38 +146,27 @@ class FixedGateFinetune(pl.Callback):
                 f"{len(config.model.get('bn_fold', {}))} BatchNorm folded statically)."
             )
         self.config = pl_module.__dict__[_DONE]
-        if stage == "fit":
-            self._patch_configure_optimizers(pl_module)
 
     # ----- optimizer groups --------------------------------------------------------------------------------------
-    def _patch_configure_optimizers(self, pl_module: pl.LightningModule) -> None:
-        pl_module.__dict__["_bb_finetune"] = self  # the callback of the current fit sets the range LR
-        original = pl_module.configure_optimizers
-        if getattr(original, "_bb_finetune_patched", False):
-            return
-
-        def configure_optimizers() -> Any:
-            result = original()
-            optimizers = _find_optimizers(result)
-            if not optimizers:
-                raise BBConfigError(f"`{type(pl_module).__name__}.configure_optimizers` returned no torch optimizer.")
-            range_lr = pl_module.__dict__["_bb_finetune"].range_lr
-            # learned ranges only (min-max quantizers of BitPruning results have none)
-            ranges = [
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The learned ranges (min-max quantizers of BitPruning results have none) get their own group."""
+        if trainer.ckpt_path is not None and self._layout is not None:
+            groups = param_groups.resolve_layout(self._layout, pl_module)
+        else:
+            groups = {"ranges": [
                 p for m in pl_module.modules() if isinstance(m, QuantizerBase)
                 for p in m.parameter_groups().get("ranges", [])
-            ]
-            ids = {id(p) for p in ranges}
-            opt = optimizers[0]
-            for group in opt.param_groups:
-                group["params"] = [p for p in group["params"] if id(p) not in ids]
-            opt.add_param_group(
-                {"params": ranges, "lr": range_lr, "initial_lr": range_lr, "weight_decay": 0.0, GROUP_TAG: "ranges"}
-            )
-            return result
+            ]}
+        optimizer = param_groups.find_optimizer(trainer.optimizers, groups["ranges"], pl_module)
+        if param_groups.add_groups(optimizer, groups, lambda name: self.range_lr):
+            self._layout = param_groups.layout_of(groups, pl_module)
+        param_groups.shield_from_schedulers(trainer)
 
-        configure_optimizers._bb_finetune_patched = True  # type: ignore[attr-defined]
-        pl_module.configure_optimizers = configure_optimizers  # type: ignore[method-assign]
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self._layout is None else {"param_groups": self._layout}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._layout = state_dict.get("param_groups")
 
 
 __all__ = ["FixedGateFinetune"]

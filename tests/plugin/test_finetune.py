@@ -8,8 +8,8 @@ from helpers import digits, tiny_module, trainer
 
 from bb_lightning import BayesianBits, MixedPrecisionConfig
 from bb_lightning.errors import BBConfigError
-from bb_lightning.lightning.finetune import FixedGateFinetune
-from bb_lightning.lightning.state import get_state
+from bb_lightning.plugin.finetune import FixedGateFinetune
+from bb_lightning.plugin.state import get_state
 from bb_lightning.methods.fixed import FixedQuantizer
 from bb_lightning.wrap.bn_fold import FoldedBatchNorm
 
