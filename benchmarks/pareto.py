@@ -14,7 +14,7 @@ scales a channel that the batch statistics normalise again, so the task loss can
 * ``float``: no quantization;
 * ``w8a8``, ``w6a6``, ``w4a4``, ``w3a3``, ``w2a2``: every weight and input at a fixed width, learned ranges
   (method ``fixed_bits``);
-* ``bb-<mu>``: ``BayesianBits(strength=mu)``, every other argument at its default (gate learning rate and fine-tuning
+* ``bb-<mu>``: ``BayesianBits(mu=mu)``, every other argument at its default (gate learning rate and fine-tuning
   tail derived from the run's length);
 * ``bp-<lambda>``: ``BitPruning(strength=lambda)``, likewise.
 
@@ -42,19 +42,18 @@ UNIFORM = (8, 6, 4, 3, 2)
 
 
 def _variants(bb_strengths: list[float], bp_strengths: list[float], fold_bn: str = "none") -> dict[str, Callable[[], Any]]:
-    from bb_lightning import BayesianBits, BitPruning, QuantizationCallback
-    from bb_lightning.config import CostConfig, WrapConfig
+    from bb_lightning import BayesianBits, BitPruning, QuantizationSearch
+    from bb_lightning.cost.penalty import CostConfig
     from bb_lightning.methods.fixed_bits import FixedBitsConfig
 
     def fixed(bits: int) -> Callable[[], Any]:
-        return lambda: QuantizationCallback(
-            "fixed_bits", FixedBitsConfig(bits, bits), WrapConfig(fold_bn=fold_bn), CostConfig(strength=0.0),
-            range_lr=1e-3,
+        return lambda: QuantizationSearch(
+            FixedBitsConfig(bits, bits), CostConfig(strength=0.0), fold_bn=fold_bn, group_lrs={"ranges": 1e-3}
         )
 
     out: dict[str, Callable[[], Any]] = {"float": lambda: None}
     out.update({f"w{b}a{b}": fixed(b) for b in UNIFORM})
-    out.update({f"bb-{mu:g}": (lambda mu=mu: BayesianBits(strength=mu, fold_bn=fold_bn)) for mu in bb_strengths})
+    out.update({f"bb-{mu:g}": (lambda mu=mu: BayesianBits(mu=mu, fold_bn=fold_bn)) for mu in bb_strengths})
     out.update({f"bp-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, fold_bn=fold_bn)) for lam in bp_strengths})
     return out
 
@@ -73,8 +72,8 @@ def family(name: str) -> str:
 def run(name: str, make_cb: Callable[[], Any], seed: int, args: argparse.Namespace, root: str) -> dict[str, Any]:
     import lightning.pytorch as pl
 
-    from bb_lightning.lightning.fashion_mnist import FashionMNISTDataModule
-    from bb_lightning.lightning.module import TimmClassifier
+    from bb_lightning.app.fashion_mnist import FashionMNISTDataModule
+    from bb_lightning.app.module import TimmClassifier
 
     pl.seed_everything(seed, verbose=False)
     model = TimmClassifier(

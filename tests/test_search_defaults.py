@@ -1,4 +1,4 @@
-"""Length-derived search learning rates and fine-tuning tail (`bb_lightning.search_defaults`, pure functions)."""
+"""Length-derived search learning rates and fine-tuning tail (`bb_lightning.plugin.search_defaults`, pure functions)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from bb_lightning.core.hard_concrete import eval_log_alpha_threshold
-from bb_lightning.search_defaults import (
+from bb_lightning.methods.bayesian_bits.hard_concrete import eval_log_alpha_threshold
+from bb_lightning.plugin.search_defaults import (
     TRAVEL_FRACTION,
-    SearchSchedule,
+    StepBudget,
     bayesian_bits_travel,
     bit_pruning_travel,
     default_finetune_epochs,
@@ -27,16 +27,16 @@ def gates(inits=(6.0, 6.0, 6.0, -6.0), prune_init=6.0, prune=True):
 
 
 def test_schedule_phases():
-    s = SearchSchedule.from_epochs(1000, 100, warmup_epochs=1, ramp_epochs=2, finetune_epochs=2)
+    s = StepBudget.from_epochs(1000, 100, warmup_epochs=1, ramp_epochs=2, finetune_epochs=2)
     assert s.search_steps == 1000 - 100 - 100 - 200
-    assert SearchSchedule(100, finetune_steps=150).search_steps == 0
-    assert math.isinf(SearchSchedule(math.inf).search_steps)
+    assert StepBudget(100, finetune_steps=150).search_steps == 0
+    assert math.isinf(StepBudget(math.inf).search_steps)
 
 
 @pytest.mark.parametrize("steps", [200, 600, 5_000, 47_000, 300_000])
 def test_derived_lr_lets_adam_steps_reach_the_decision_in_a_quarter_of_the_search(steps):
     t = gates()
-    schedule = SearchSchedule(steps)
+    schedule = StepBudget(steps)
     lr = derived_lr(t, schedule)
     # Adam moves about lr per step while only the regulariser acts: simulate the walk from the start
     value, n = t.start, 0
@@ -49,12 +49,12 @@ def test_derived_lr_lets_adam_steps_reach_the_decision_in_a_quarter_of_the_searc
 
 def test_reference_values():
     assert gates().distance == pytest.approx(6.9353, abs=1e-4)
-    assert derived_lr(gates(), SearchSchedule(47_000)) == pytest.approx(5.9e-4, rel=0.01)  # reference MNIST: 1e-3
-    assert derived_lr(gates(), SearchSchedule(200)) == pytest.approx(0.1387, rel=0.01)
+    assert derived_lr(gates(), StepBudget(47_000)) == pytest.approx(5.9e-4, rel=0.01)  # reference MNIST: 1e-3
+    assert derived_lr(gates(), StepBudget(200)) == pytest.approx(0.1387, rel=0.01)
     bits = bit_pruning_travel(8.0, 2.0)
-    assert derived_lr(bits, SearchSchedule(1000, finetune_steps=200)) == pytest.approx(6 / 200)
+    assert derived_lr(bits, StepBudget(1000, finetune_steps=200)) == pytest.approx(6 / 200)
     # unknown length (max_epochs=-1, max_steps=-1): the reference learning rate
-    assert derived_lr(gates(), SearchSchedule(math.inf)) == 1e-3 and derived_lr(bits, SearchSchedule(math.inf)) == 1e-2
+    assert derived_lr(gates(), StepBudget(math.inf)) == 1e-3 and derived_lr(bits, StepBudget(math.inf)) == 1e-2
 
 
 def test_travel_starts_from_the_farthest_live_gate():
@@ -65,14 +65,14 @@ def test_travel_starts_from_the_farthest_live_gate():
 
 def test_diagnosis_says_what_to_change():
     t = gates()
-    msg = diagnose(t, SearchSchedule(200), 1e-2)  # the old README quickstart: gate_lr=1e-2 for 200 steps
+    msg = diagnose(t, StepBudget(200), 1e-2)  # the old README quickstart: gate_lr=1e-2 for 200 steps
     assert msg is not None
     for part in ("`gate_lr=0.01`", "200 search steps", "6.94", "`gate_lr` >= 0.035", "leave it unset", "gate_init"):
         assert part in msg
-    assert diagnose(t, SearchSchedule(47_000), 1e-3) is None  # the reference's MNIST run reaches a decision
-    assert "non-adaptive" in diagnose(t, SearchSchedule(47_000), 1e-3, adaptive=False)
-    assert "search phase is empty" in diagnose(t, SearchSchedule(10, finetune_steps=10), 1.0)
-    bits = diagnose(bit_pruning_travel(8.0, 2.0), SearchSchedule(100), 1e-2)
+    assert diagnose(t, StepBudget(47_000), 1e-3) is None  # the reference's MNIST run reaches a decision
+    assert "non-adaptive" in diagnose(t, StepBudget(47_000), 1e-3, adaptive=False)
+    assert "search phase is empty" in diagnose(t, StepBudget(10, finetune_steps=10), 1.0)
+    bits = diagnose(bit_pruning_travel(8.0, 2.0), StepBudget(100), 1e-2)
     assert "`bit_lr` >= 0.06" in bits and "init_bits" in bits
 
 
@@ -83,10 +83,10 @@ def test_default_finetune_epochs(epochs, tail):
 
 @pytest.mark.parametrize(("steps", "start"), [(188, 3.02), (320, 4.23), (766, 6.0), (47_000, 6.0)])
 def test_short_runs_start_within_reach_at_the_noise_limited_lr(steps, start):
-    t, schedule = gates(), SearchSchedule(steps)
+    t, schedule = gates(), StepBudget(steps)
     assert start_within_reach(t, schedule) == pytest.approx(start, abs=0.01)
     lr = derived_lr(type(t)(**{**t.__dict__, "start": start_within_reach(t, schedule)}), schedule)
     assert lr <= noise_limited_lr(schedule) * (1 + 1e-9)
     # the random walk of the contested phase: lr * sqrt(steps left) stays at most 1 (threshold -0.935 to cut-off -2)
     assert lr * math.sqrt((1 - TRAVEL_FRACTION) * steps) <= 1.0 + 1e-9
-    assert start_within_reach(t, SearchSchedule(math.inf)) == 6.0
+    assert start_within_reach(t, StepBudget(math.inf)) == 6.0

@@ -1,0 +1,73 @@
+"""With default arguments the search moves within a short run; explicit learning rates win and get a warning when
+they cannot reach a decision."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from bb_lightning import BayesianBits, BitPruning
+from bb_lightning.plugin.state import get_state
+from bb_lightning.plugin.search_defaults import StepBudget, bit_pruning_travel, derived_lr, noise_limited_lr, start_within_reach
+from bb_lightning.methods.bayesian_bits.hard_concrete import eval_log_alpha_threshold
+
+from helpers import digits, tiny_module, trainer
+
+pytestmark = pytest.mark.lightning_fit
+
+
+def _gates(model):
+    qs = get_state(model).quantizers()
+    doubling = torch.cat([q.log_alpha.detach() for q in qs])
+    prune = torch.cat([q.prune_log_alpha.detach() for q in qs if q.prune_log_alpha is not None])
+    return doubling, prune
+
+
+def _group_lr(tr, name):
+    return next(g["lr"] for g in tr.optimizers[0].param_groups if g.get("bb_lightning") == name)
+
+
+def test_default_gates_move_to_a_decision_in_a_40_step_run(tmp_path):
+    torch.manual_seed(0)
+    model, bb = tiny_module(), BayesianBits(mu=0.05)
+    tr = trainer(tmp_path, [bb], max_epochs=5, limit_train_batches=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "cannot reach a decision" warning
+        warnings.filterwarnings("ignore", ".*(does not have many workers|smaller than the logging).*")
+        tr.fit(model, datamodule=digits())
+    assert bb.schedule.finetune_epochs == 1  # round(0.2 * 5): the last epoch trains with fixed gates
+    schedule = StepBudget(4 * 8)  # 4 search epochs of 8 steps
+    # too short to travel from 6 at the noise-limited LR: the gates start closer to the decision point
+    start = start_within_reach(bb.search_travel["gates"], schedule)
+    assert bb.search_travel["gates"].start == pytest.approx(start) and start < 1.0
+    assert _group_lr(tr, "gates") == pytest.approx(noise_limited_lr(schedule))
+    doubling, prune = _gates(model)
+    live = doubling[doubling > -6.0]
+    assert (live - start).abs().mean() > 0.5 and (prune - start).abs().median() > 0.5  # the gates left their start
+    off = (live <= eval_log_alpha_threshold()).sum() + (prune <= eval_log_alpha_threshold()).sum()
+    assert off > 0  # and some reached a decision: switched off at evaluation
+    bits = {(layer["weight"]["bits"], layer["input"]["bits"] if layer["input"] else None)
+            for layer in bb.config.layers.values() if layer["quantized"]}
+    assert bb.config.totals["relative_bops"] < 0.0625 and len(bits) > 1  # below w8a8 and not uniform
+
+
+def test_explicit_gate_lr_wins_and_warns_when_it_cannot_decide(tmp_path):
+    model, bb = tiny_module(), BayesianBits(mu=0.05, gate_lr=1e-3, finetune_epochs=0)
+    tr = trainer(tmp_path, [bb], max_epochs=2, limit_train_batches=5)
+    with pytest.warns(UserWarning, match=r"`gate_lr=0.001` moves a `gates` parameter by at most 0.01 in the 10 "):
+        tr.fit(model, datamodule=digits())
+    assert _group_lr(tr, "gates") == 1e-3
+    doubling, prune = _gates(model)
+    assert doubling[doubling > -6.0].min() > 5.9 and prune.min() > 5.9  # nothing moved: w16a16, no pruning
+
+
+def test_bit_pruning_default_bit_lr_reaches_min_bits(tmp_path):
+    torch.manual_seed(0)
+    model, bp = tiny_module(), BitPruning(strength=1.0)
+    tr = trainer(tmp_path, [bp], max_epochs=5, limit_train_batches=8)
+    tr.fit(model, datamodule=digits())
+    assert _group_lr(tr, "bits") == pytest.approx(derived_lr(bit_pruning_travel(8.0, 2.0), StepBudget(32)))
+    bits = [layer["weight"]["bits"] for layer in bp.config.layers.values() if layer["quantized"]]
+    assert min(bits) < 8 and bp.config.totals["relative_bops"] < 0.0625
