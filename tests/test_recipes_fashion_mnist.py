@@ -12,7 +12,7 @@ pytestmark = pytest.mark.timeout(600)
 def test_lenet5_recipe_has_the_papers_mnist_protocol(capsys):
     cfg = parse("fashion_mnist_lenet5", capsys)
     args = cfg["trainer"]["callbacks"][-1]["init_args"]
-    assert (args["strength"], args["gate_init"], args["gate_lr"], args["range_lr"]) == (
+    assert (args["mu"], args["gate_init"], args["gate_lr"], args["range_lr"]) == (
         0.1, [6.0, 6.0, -6.0, -6.0], 0.001, 0.001
     )
     model = cfg["model"]

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from .._validate import epochs, int_at_least, lr_map
@@ -97,7 +98,7 @@ class SearchSchedule:
         return StepBudget.from_epochs(total, per_epoch, self.warmup_epochs, self.ramp_epochs, self.finetune_epochs or 0)
 
     def resolve_lr(
-        self, group: str, method: str, travel: Travel | None, trainer: Any, adaptive: bool, frozen: bool
+        self, group: str, method: str, travel: Travel | None, trainer: Any, optimizer: Any, frozen: bool
     ) -> float:
         """The learning rate of ``group`` for this fit: the user's, else one derived from the run's length for a
         search group with a known ``travel`` (`bb_lightning.plugin.search_defaults`), else `lr`. Warns when the
@@ -114,7 +115,7 @@ class SearchSchedule:
                 f"({budget.search_steps:.0f} search steps; set `{travel.lr_arg}` to override)."
             )
         # a non-adaptive optimizer gets `param_groups.add_groups`' warning; its steps are not ~lr, so no reach check
-        problem = diagnose(travel, budget, rate) if adaptive else None
+        problem = None if isinstance(optimizer, torch.optim.SGD) else diagnose(travel, budget, rate)
         if problem is not None and not frozen:
             warnings.warn(f"bb_lightning: {problem}", stacklevel=3)
         return rate

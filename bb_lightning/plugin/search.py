@@ -14,7 +14,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
-import torch
 from torch import Tensor
 
 from .. import _validate as v
@@ -167,8 +166,8 @@ class QuantizationSearch(pl.Callback):
             trainer.callbacks.append(NonFiniteGuard())
 
     def _on_new_state(self, trainer: pl.Trainer, state: QuantizationState) -> None:
-        """Called once, when ``setup`` has just created the quantizers for a fit (before any checkpoint restore); a
-        preset may adjust their initial values here."""
+        """Once, when ``setup`` has created the quantizers for a fit (before a checkpoint restore): presets may
+        adjust their initial values here."""
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._warm = None
@@ -186,12 +185,8 @@ class QuantizationSearch(pl.Callback):
         groups = param_groups.resolve_layout(self._layout, pl_module) if resumed else state.parameter_groups()
         params = [p for ps in groups.values() for p in ps]
         optimizer = param_groups.find_optimizer(trainer.optimizers, params, pl_module)
-        adaptive = not isinstance(optimizer, torch.optim.SGD)
-
-        def rate(group: str) -> float:
-            travel = self.search_travel.get(group)
-            return self.schedule.resolve_lr(group, self.method, travel, trainer, adaptive, state.frozen)
-
+        travel = self.search_travel.get
+        rate = lambda g: self.schedule.resolve_lr(g, self.method, travel(g), trainer, optimizer, state.frozen)  # noqa: E731
         if param_groups.add_groups(optimizer, groups, rate):
             self._layout = param_groups.layout_of(groups, pl_module)
         param_groups.shield_from_schedulers(trainer)
