@@ -10,6 +10,7 @@ from ..errors import BBConfigError, UnsupportedLayerError
 from ..export import MixedPrecisionConfig, apply_config
 from ..methods.fixed import FixedMinMaxQuantizer, FixedQuantizer
 from ..wrap.bn_fold import FoldedBatchNorm, bn_scale, fold_pairs
+from ..wrap.adapters import get_adapter
 from ..wrap.layers import is_wrapped, unwrap_layer
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "bn_scale",
     "effective_range",
     "fold_pairs",
+    "get_adapter",
     "is_wrapped",
     "num_steps",
     "symmetric_scale",

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._api import BBConfigError, FoldedBatchNorm, MixedPrecisionConfig, apply_config, bn_scale, is_wrapped
-from ._api import unwrap_layer
+from ._api import get_adapter, unwrap_layer
 from .codes import input_spec, weight_codes
 from .layers import DeployConv1d, DeployConv2d, DeployLinear, is_deploy_layer
 
@@ -29,6 +29,12 @@ def fixed_model(model: nn.Module, config: MixedPrecisionConfig | str | None) -> 
         return fixed.eval()
     for _, m in wrapped:  # a searched model: its float weights are what the config quantizes
         unwrap_layer(m)
+    if not isinstance(config, MixedPrecisionConfig):
+        config = MixedPrecisionConfig.load(config)
+    modules = dict(fixed.named_modules())
+    for name, layer in config.layers.items():  # name the layer an unsupported type would fail on
+        if layer["quantized"] and name in modules:
+            get_adapter(modules[name], name)
     return apply_config(fixed, config).eval()
 
 

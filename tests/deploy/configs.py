@@ -74,9 +74,9 @@ def make_config(
                                    "grid": "minmax"}
             entry["input"] = {"bits": abits, "signed": lo_in < 0, "range": [lo_in * 0.9, hi_in * 0.9], "grid": "minmax"}
         else:
-            entry["weight"] = {"bits": bits, "signed": True, "range": [-float(w.abs().max()) * 0.8,
-                                                                        float(w.abs().max()) * 0.8]}
-            u = max(abs(lo_in), abs(hi_in)) * 0.9
+            uw = max(float(w.abs().max()) * 0.8, 1e-3)
+            entry["weight"] = {"bits": bits, "signed": True, "range": [-uw, uw]}
+            u = max(abs(lo_in), abs(hi_in), 1e-3) * 0.9
             entry["input"] = {"bits": abits, "signed": lo_in < 0, "range": [-u if lo_in < 0 else 0.0, u]}
             if prune > 0 and c > 2 and bits != 32:
                 keep = torch.rand(c, generator=gen) >= prune
