@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 import torch
-from onnx import TensorProto
 from torch import Tensor
 
 from ._api import (
@@ -54,16 +52,21 @@ class Container:
         return f"{'' if self.signed else 'U'}INT{self.bits}"
 
 
-_TYPES = {
-    (2, True): (TensorProto.INT2, ml_dtypes.int2),
-    (2, False): (TensorProto.UINT2, ml_dtypes.uint2),
-    (4, True): (TensorProto.INT4, ml_dtypes.int4),
-    (4, False): (TensorProto.UINT4, ml_dtypes.uint4),
-    (8, True): (TensorProto.INT8, np.int8),
-    (8, False): (TensorProto.UINT8, np.uint8),
-    (16, True): (TensorProto.INT16, np.int16),
-    (16, False): (TensorProto.UINT16, np.uint16),
-}
+def _types() -> dict[tuple[int, bool], tuple[int, type]]:
+    """``{(width, signed): (ONNX type, numpy dtype)}`` (imported on first use: onnx is an optional dependency)."""
+    import ml_dtypes
+    from onnx import TensorProto
+
+    return {
+        (2, True): (TensorProto.INT2, ml_dtypes.int2),
+        (2, False): (TensorProto.UINT2, ml_dtypes.uint2),
+        (4, True): (TensorProto.INT4, ml_dtypes.int4),
+        (4, False): (TensorProto.UINT4, ml_dtypes.uint4),
+        (8, True): (TensorProto.INT8, np.int8),
+        (8, False): (TensorProto.UINT8, np.uint8),
+        (16, True): (TensorProto.INT16, np.int16),
+        (16, False): (TensorProto.UINT16, np.uint16),
+    }
 
 
 def container(bits: int, signed: bool) -> Container:
@@ -72,7 +75,7 @@ def container(bits: int, signed: bool) -> Container:
     if not 1 <= bits <= MAX_INT_BITS:
         raise ValueError(f"No integer container for {bits}-bit codes (1 .. {MAX_INT_BITS}).")
     width = next(w for w in (2, 4, 8, 16) if bits <= w)
-    onnx_type, np_dtype = _TYPES[(width, signed)]
+    onnx_type, np_dtype = _types()[(width, signed)]
     return Container(onnx_type, np_dtype, width, signed)
 
 

@@ -8,13 +8,25 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import onnx
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from ._api import MixedPrecisionConfig
 from .build import to_deploy_model
-from .graph import OPSET, export_float, rewrite
+
+
+def require_deploy_deps() -> None:
+    """Raise an ImportError that says how to install the optional deploy dependencies."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            f"bb_lightning's ONNX export needs the `deploy` extra ({err.name} is missing): "
+            "pip install 'bb_lightning[deploy]'"
+        ) from None
 
 
 @dataclass
@@ -50,9 +62,13 @@ def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
     tmp.unlink()
 
 
-def build_onnx(deploy_model: nn.Module, example_input: Tensor, dynamic_batch: bool = True) -> tuple[onnx.ModelProto,
-                                                                                                      dict]:
-    """The rewritten, checked ONNX model of a deploy model (`to_deploy_model`), in memory."""
+def build_onnx(deploy_model: nn.Module, example_input: Tensor, dynamic_batch: bool = True) -> tuple[Any, dict]:
+    """The rewritten, checked ``onnx.ModelProto`` of a deploy model (`to_deploy_model`), in memory, and the
+    per-layer container summary."""
+    import onnx
+
+    from .graph import OPSET, export_float, rewrite
+
     with tempfile.TemporaryDirectory(prefix="bb_onnx_") as d:
         proto, marks = export_float(deploy_model, example_input, Path(d) / "float.onnx", dynamic_batch)
     summary = rewrite(proto, deploy_model, marks)
@@ -93,6 +109,9 @@ def export_onnx(
     Returns:
         An `ExportResult` (path, per-layer containers, removal report, file size).
     """
+    require_deploy_deps()
+    import onnx
+
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it.")

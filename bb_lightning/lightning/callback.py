@@ -80,6 +80,7 @@ class QuantizationCallback(pl.Callback):
         finetune_epochs: int = 0,
         export_path: str | None = None,
         overwrite_export: bool = False,
+        export_onnx: bool = False,
         model_attr: str | None = None,
         input_size: Sequence[int] | None = None,
         group_lrs: Mapping[str, float] | None = None,
@@ -115,6 +116,7 @@ class QuantizationCallback(pl.Callback):
         if not isinstance(overwrite_export, bool):
             raise BBConfigError(f"Expected argument `overwrite_export` to be true or false, got {overwrite_export!r}.")
         self.overwrite_export = overwrite_export
+        self.export_onnx = bool(export_onnx)  # write model.onnx next to the config (bb_lightning.deploy)
         if model_attr is not None and not isinstance(model_attr, str):
             raise BBConfigError(f"Expected argument `model_attr` to be a str or None, but got {model_attr!r}.")
         self.model_attr = model_attr
@@ -395,6 +397,11 @@ class QuantizationCallback(pl.Callback):
         root = Path(trainer.log_dir or trainer.default_root_dir)
         path = Path(self.export_path) if self.export_path else root / DEFAULT_EXPORT_NAME
         self._report(trainer, state, path, root)
+        if self.export_onnx and trainer.is_global_zero and self.config_path is not None:
+            from ..deploy.hooks import write_onnx_next_to
+
+            model = resolve_root(pl_module, state.root_attr)
+            write_onnx_next_to(self.config_path, model, self.config, self._example_input(pl_module, model))
 
     @rank_zero_only
     def _report(self, trainer: pl.Trainer, state: QuantizationState, path: Path, log_dir: Path) -> None:

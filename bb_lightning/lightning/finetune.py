@@ -55,6 +55,7 @@ class FixedGateFinetune(pl.Callback):
             model (quantizer entries are ignored). Without it the model's current weights are used.
         range_lr: learning rate of the ranges (reference: 1e-4 with Adam).
         model_attr: attribute of the LightningModule holding the model; default ``model`` if present, else the module.
+        export_onnx: write the fine-tuned model as ONNX (``<log_dir>/model.onnx``) at the end of fit.
 
     Attributes:
         config: the `MixedPrecisionConfig` the model was fixed to (after ``setup``).
@@ -70,8 +71,10 @@ class FixedGateFinetune(pl.Callback):
         weights: str | None = None,
         range_lr: float = 1e-4,
         model_attr: str | None = None,
+        export_onnx: bool = False,
     ) -> None:
         super().__init__()
+        self.export_onnx = bool(export_onnx)  # write <log_dir>/model.onnx at the end of fit (bb_lightning.deploy)
         if (search_checkpoint is None) == (config is None):
             raise BBConfigError(
                 "FixedGateFinetune needs exactly one starting point: `search_checkpoint` (a .ckpt of the search) or "
@@ -148,6 +151,14 @@ class FixedGateFinetune(pl.Callback):
         self.config = pl_module.__dict__[_DONE]
         if stage == "fit":
             self._patch_configure_optimizers(pl_module)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # every rank asks (it broadcasts under DDP)
+        if self.export_onnx and trainer.is_global_zero:
+            from ..deploy.hooks import example_input_of, write_onnx_new
+
+            root = resolve_root(pl_module, root_attr_name(pl_module, self.model_attr))
+            write_onnx_new(log_dir / "model.onnx", root, None, example_input_of(pl_module, root))
 
     # ----- optimizer groups --------------------------------------------------------------------------------------
     def _patch_configure_optimizers(self, pl_module: pl.LightningModule) -> None:
