@@ -153,6 +153,6 @@ def to_deploy_model(
     if remove_pruned:
         from .prune import remove_pruned_channels
 
-        report = remove_pruned_channels(dep, example_input)
+        dep, report = remove_pruned_channels(dep, example_input)
     dep.bb_removal_report = report
     return dep.eval()
