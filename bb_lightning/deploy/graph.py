@@ -26,11 +26,25 @@ OPSET = 25
 _CONSUMERS = {"Conv": 0, "Gemm": 0, "MatMul": None, "ConvTranspose": 0}
 
 
-def _export_copy(dep: nn.Module) -> tuple[nn.Module, dict[str, tuple[str, np.ndarray]]]:
+def _called_layers(model: nn.Module, example: Tensor) -> set[str]:
+    called: set[str] = set()
+    handles = [m.register_forward_pre_hook(lambda mod, inp, n=n: called.add(n))
+               for n, m in model.named_modules() if is_deploy_layer(m)]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return called
+
+
+def _export_copy(dep: nn.Module, example: Tensor) -> tuple[nn.Module, dict[str, tuple[str, np.ndarray]]]:
     """A copy in export mode with unique placeholder weights; ``{layer: (initializer name, placeholder)}``."""
     exp = copy.deepcopy(dep).eval()
     marks = {}
-    for i, (name, m) in enumerate((n, m) for n, m in exp.named_modules() if is_deploy_layer(m)):
+    used = _called_layers(exp, example)  # a layer the forward never calls has no place in the graph
+    for i, (name, m) in enumerate((n, m) for n, m in exp.named_modules() if is_deploy_layer(m) and n in used):
         m.export_mode = True
         if isinstance(m, DeployLinear):
             shape, attr = (m.in_features, m.out_features), "weight_t"
@@ -46,7 +60,7 @@ def export_float(
     dep: nn.Module, example: Tensor, path: Path, dynamic_batch: bool = True
 ) -> tuple[onnx.ModelProto, dict[str, tuple[str, np.ndarray]]]:
     """Export the deploy model (input quantizers off, placeholder weights) with the torch exporter at opset 25."""
-    exp, marks = _export_copy(dep)
+    exp, marks = _export_copy(dep, example)
     kwargs = {}
     if dynamic_batch:
         kwargs["dynamic_axes"] = {"input": {0: "batch"}, "output": {0: "batch"}}
