@@ -38,12 +38,14 @@ class ExportResult:
         layers: ``{layer: {"weight": container ("INT4", "UINT8", "FLOAT", ...), "input": container or None}}``.
         removal: per-layer channel removal report (`bb_lightning.deploy.prune.remove_pruned_channels`).
         bytes: file size.
+        model: the PyTorch deploy model the file was written from (`to_deploy_model`).
     """
 
     path: Path
     layers: dict[str, dict] = field(default_factory=dict)
     removal: list[dict] = field(default_factory=list)
     bytes: int = 0
+    model: nn.Module | None = None
 
 
 def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
@@ -131,4 +133,4 @@ def export_onnx(
         _publish(Path(tmp), path, overwrite)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    return ExportResult(path, summary, list(dep.bb_removal_report), path.stat().st_size)
+    return ExportResult(path, summary, list(dep.bb_removal_report), path.stat().st_size, dep)

@@ -130,7 +130,8 @@ def remove_pruned_channels(model: nn.Module, example: Tensor) -> tuple[nn.Module
     try:
         import torch_pruning as tp
 
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        with torch.enable_grad():  # torch-pruning traces the autograd graph
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     except Exception as err:  # noqa: BLE001 - any tracing failure means: keep everything masked
         for r in report.values():
             r["reason"] = f"torch-pruning cannot trace the model ({type(err).__name__})"
