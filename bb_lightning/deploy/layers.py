@@ -39,11 +39,13 @@ class DeployLayerMixin:
         self.export_mode = False
         self.same_pad = False
         if codes is None or codes.codes is None:
-            self.w_scale = self.w_lo = None
+            self.register_buffer("w_scale", None)
+            self.register_buffer("w_lo", None)
             self.w_bits, self.w_signed = 32, True
             self.register_buffer("pruned", torch.zeros(self.weight.shape[0], dtype=torch.bool))
             return
-        self.w_scale, self.w_lo = codes.scale, codes.lo
+        self.register_buffer("w_scale", codes.scale)
+        self.register_buffer("w_lo", codes.lo)
         self.w_bits, self.w_signed = codes.bits, codes.signed
         self.register_buffer("pruned", (codes.codes.reshape(codes.codes.shape[0], -1) == 0).all(1))
 
