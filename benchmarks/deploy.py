@@ -22,7 +22,6 @@ import argparse
 import collections
 import copy
 import io
-import os
 import statistics
 import sys
 import tempfile

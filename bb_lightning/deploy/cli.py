@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,8 +10,6 @@ from ._api import MixedPrecisionConfig
 from .export import export_onnx
 from .report import removal_table
 from .runs import find_run_files, load_run_model
-
-log = logging.getLogger(__name__)
 
 
 def parser() -> argparse.ArgumentParser:

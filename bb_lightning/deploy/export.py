@@ -3,6 +3,7 @@ channels removed; written atomically, checked with ``onnx.checker`` (full check)
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from torch import Tensor, nn
 
 from ._api import MixedPrecisionConfig
 from .build import to_deploy_model
+
+log = logging.getLogger(__name__)
 
 
 def require_deploy_deps() -> None:
@@ -133,4 +136,9 @@ def export_onnx(
         _publish(Path(tmp), path, overwrite)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    return ExportResult(path, summary, list(dep.bb_removal_report), path.stat().st_size, dep)
+    result = ExportResult(path, summary, list(dep.bb_removal_report), path.stat().st_size, dep)
+    removed = sum(r["removed"] for r in result.removal)
+    kept = sum(r["kept_zero"] for r in result.removal)
+    log.info("bb_lightning: wrote %s (%.1f KiB); pruned channels: %d removed, %d kept as zero rows",
+             path, result.bytes / 1024, removed, kept)
+    return result

@@ -53,7 +53,7 @@ def find_run_files(target: str | os.PathLike, checkpoint: str | os.PathLike | No
         if ckpt is None:
             raise BBConfigError(
                 f"No checkpoint (*.ckpt) under {config.parent} next to {config.name}. HINT: pass --checkpoint PATH "
-                "(a Lightning checkpoint of the run, or a state dict of the model)."
+                "(a Lightning checkpoint of the run)."
             )
     return RunFiles(config, ckpt)
 

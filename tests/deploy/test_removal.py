@@ -4,7 +4,6 @@ channels whose removal would change outputs stay as zero rows, with the reason."
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from configs import make_config
 from torch import nn
