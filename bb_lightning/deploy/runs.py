@@ -7,6 +7,7 @@ model; the model lives under the LightningModule attribute ``model``).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from ._api import BBConfigError, MixedPrecisionConfig, fold_pairs
 
 CONFIG_GLOB = "mixed_precision_config*.json"
+_CONFIG_NAME = re.compile(r"mixed_precision_config(-v\d+)?\.json")  # not the ``.metrics.json`` sidecar
 
 
 @dataclass
@@ -35,7 +37,7 @@ def find_run_files(target: str | os.PathLike, checkpoint: str | os.PathLike | No
     ``checkpoint`` or the newest ``.ckpt`` (``last.ckpt`` first) under the config's folder."""
     target = Path(target)
     if target.is_dir():
-        config = _newest(sorted(target.rglob(CONFIG_GLOB)))
+        config = _newest(sorted(p for p in target.rglob(CONFIG_GLOB) if _CONFIG_NAME.fullmatch(p.name)))
         if config is None:
             raise BBConfigError(f"No exported config ({CONFIG_GLOB}) under {target}; did the run finish?")
     elif target.is_file():

@@ -103,3 +103,25 @@ def test_onnxruntime_agrees_with_the_fake_quantized_model_on_the_whole_test_set(
     agree, acc_ref, acc_got = _agreement(model, low, tmp_path / "low.onnx", x, y)
     assert agree >= 0.99 and abs(acc_got - acc_ref) <= 0.005, (agree, acc_ref, acc_got)
     assert np.isfinite(acc_ref)
+
+
+def test_fine_tune_callback_writes_model_onnx_in_its_log_dir(run_dir, tmp_path):
+    import lightning.pytorch as pl
+
+    from bb_lightning.lightning.finetune import FixedGateFinetune
+    from bb_lightning.lightning.module import TimmClassifier
+
+    files = find_run_files(run_dir)
+    module = TimmClassifier("test_resnet", num_classes=10, in_chans=1, input_size=(1, 16, 16))
+    ft = FixedGateFinetune(config=str(files.config), weights=str(files.checkpoint), export_onnx=True)
+    trainer = pl.Trainer(default_root_dir=str(tmp_path), max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+                         accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=[ft])
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=32, image_size=16))
+    path = tmp_path / "model.onnx"
+    onnx.checker.check_model(str(path), full_check=True)
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        ref = module.eval()(x).numpy()
+    got = ort_session(path).run(None, {"input": x.numpy()})[0]
+    assert float(np.abs(got - ref).mean()) <= 0.02 * float(np.abs(ref).mean())
