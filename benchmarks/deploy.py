@@ -1,6 +1,6 @@
 """What the deployable model buys: ONNX file sizes and onnxruntime CPU latency, side by side, as ratios.
 
-    python benchmarks/deploy.py [RUN_DIR] [--threads 1] [--repeats 50]
+    python benchmarks/deploy.py [RUN_DIR] [--threads 1] [--repeats 50] [--mask-fraction 0.5]
 
 RUN_DIR is a finished run of the default job (``bb-lightning fit --config recipes/digits_bayesian_bits.yaml``);
 without it the default job is trained first (a few minutes on 2 cores). Prints:
@@ -31,13 +31,12 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 
 from bb_lightning import MixedPrecisionConfig, apply_config
 from bb_lightning.deploy import export_onnx, ort_session
 from bb_lightning.deploy.runs import find_run_files, load_run_model
+from bb_lightning.deploy.session import optimized_op_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,18 +52,6 @@ def _median_ms(fn, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def _ops(path: Path, threads: int) -> collections.Counter:
-    """Op types of onnxruntime's optimized graph (extended level, as ort_session runs it minus layout rewrites)."""
-    with tempfile.TemporaryDirectory() as d:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        so.optimized_model_filepath = str(Path(d) / "opt.onnx")
-        so.intra_op_num_threads = threads
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"],
-                             disabled_optimizers=["WeightBiasQuantization"])
-        return collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
-
-
 def _w8a8(config: MixedPrecisionConfig) -> MixedPrecisionConfig:
     d = copy.deepcopy(config.to_dict())
     for layer in d["layers"].values():
@@ -76,6 +63,22 @@ def _w8a8(config: MixedPrecisionConfig) -> MixedPrecisionConfig:
                     spec["bits"] = 8
                     spec.pop("channel_bits", None)
                     spec.pop("granularity", None)
+    return MixedPrecisionConfig.from_dict(d)
+
+
+def _mask_smallest(config: MixedPrecisionConfig, model: torch.nn.Module, fraction: float) -> MixedPrecisionConfig:
+    """Demo only: also mask the ``fraction`` of output channels with the smallest weight norm in every quantized
+    symmetric-grid layer but the last (as if the search had pruned them), to show what removal buys."""
+    d = copy.deepcopy(config.to_dict())
+    modules = dict(model.named_modules())
+    names = [n for n, layer in d["layers"].items() if layer["quantized"] and "grid" not in layer["weight"]][:-1]
+    for name in names:
+        w = modules[name].weight.detach()
+        norms = w.reshape(w.shape[0], -1).norm(dim=1)
+        keep = norms.argsort(descending=True)[: max(1, int(round(w.shape[0] * (1 - fraction))))]
+        old = d["layers"][name]["kept_channels"]
+        kept = sorted(set(keep.tolist()) & (set(old) if old is not None else set(range(w.shape[0]))))
+        d["layers"][name]["kept_channels"] = kept
     return MixedPrecisionConfig.from_dict(d)
 
 
@@ -93,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("run_dir", nargs="?", help="a finished run of the default job (default: train it now)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--mask-fraction", type=float, default=0.0,
+                   help="demo: also mask this fraction of each layer's smallest-norm output channels")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
@@ -101,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     files = find_run_files(run)
     config = MixedPrecisionConfig.load(files.config)
     model, example = load_run_model(files, config)
+    if args.mask_fraction > 0:
+        config = _mask_smallest(config, model, args.mask_fraction)
+        print(f"demo: the config also masks {100 * args.mask_fraction:.0f}% of each layer's smallest output channels")
 
     float_path = tmp / "float.onnx"
     torch.onnx.export(copy.deepcopy(model), (example,), str(float_path), dynamo=True, opset_version=25,
@@ -148,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<22} {' '.join(row)}")
     print("\n== ops in onnxruntime's optimized graph")
     for name, path in [("mixed (removed)", removed.path), ("w8a8", w8.path)]:
-        ops = _ops(path, args.threads)
+        ops = collections.Counter(optimized_op_counts(path, args.threads))
         keys = ["QLinearConv", "Conv", "MatMulNBits", "QLinearMatMul", "Gemm", "DequantizeLinear", "QuantizeLinear"]
         print(f"{name:<18} " + ", ".join(f"{k} {ops[k]}" for k in keys if ops[k]))
 

@@ -126,6 +126,7 @@ def to_deploy_model(
     config: MixedPrecisionConfig | str | None,
     example_input: Tensor,
     remove_pruned: bool = True,
+    int8_bias: bool = True,
 ) -> nn.Module:
     """The deployable PyTorch model of ``model`` quantized with ``config``.
 
@@ -140,6 +141,8 @@ def to_deploy_model(
         config: the `MixedPrecisionConfig` or its JSON path (``None`` if ``model`` already has fixed quantizers).
         example_input: one input batch, e.g. ``torch.zeros(1, 3, 224, 224)`` (shapes only).
         remove_pruned: physically remove the channels that can be removed exactly.
+        int8_bias: round the bias of convs with 5..8-bit weights and inputs to int32 at scale ``s_in * s_w`` (what
+            onnxruntime's integer kernel, QLinearConv, needs; at most half an accumulator step of difference).
 
     Returns:
         An ``nn.Module`` in eval mode; its outputs equal the fixed model's up to float rounding of the BN fold.
@@ -149,6 +152,10 @@ def to_deploy_model(
         _replace(dep, name, m)
     dep.eval()
     fold_batchnorms(dep, example_input)
+    if int8_bias:
+        for m in dep.modules():
+            if is_deploy_layer(m):
+                m.quantize_bias_for_int8_kernels()
     report: list[dict] = []
     if remove_pruned:
         from .prune import remove_pruned_channels

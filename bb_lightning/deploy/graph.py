@@ -53,6 +53,10 @@ def _export_copy(dep: nn.Module, example: Tensor) -> tuple[nn.Module, dict[str, 
         ph = (torch.arange(int(np.prod(shape)), dtype=torch.float32) * 1e-3 + (i + 1)).reshape(shape)
         setattr(m, attr, nn.Parameter(ph, requires_grad=False))
         marks[name] = (f"{name}.{attr}", ph.numpy().copy())
+        if getattr(m, "b_scale", None) is not None:  # an int32 bias: its initializer is replaced too
+            bph = -(torch.arange(m.bias.numel(), dtype=torch.float32) * 1e-3 + (i + 1))
+            m.bias = nn.Parameter(bph, requires_grad=False)
+            marks[f"{name}#bias"] = (f"{name}.bias", bph.numpy().copy())
     return exp, marks
 
 
@@ -107,6 +111,8 @@ def rewrite(proto: onnx.ModelProto, dep: nn.Module, marks: dict[str, tuple[str, 
     new_inits: list[onnx.TensorProto] = []
     summary: dict[str, dict] = {}
     for layer, (wname, ph) in marks.items():
+        if layer.endswith("#bias"):
+            continue
         init = inits.get(wname)
         if init is None or not np.array_equal(numpy_helper.to_array(init), ph):
             raise UnsupportedLayerError(
@@ -133,6 +139,10 @@ def rewrite(proto: onnx.ModelProto, dep: nn.Module, marks: dict[str, tuple[str, 
         else:
             w = m.weight.detach().float()
             new_inits.append(numpy_helper.from_array((w.T.contiguous() if transposed else w).numpy(), wname))
+        bias_mark = marks.get(f"{layer}#bias")
+        if bias_mark is not None:
+            _int32_bias(g, inits, b, bias_mark, node, m, layer)
+            info["bias"] = "INT32"
         head.extend(b.nodes)
         new_inits.extend(b.inits)
         if m.input_spec is not None:
@@ -162,6 +172,23 @@ def rewrite(proto: onnx.ModelProto, dep: nn.Module, marks: dict[str, tuple[str, 
     g.node.extend(copies)
     g.initializer.extend(new_inits)
     return summary
+
+
+def _int32_bias(g, inits, b: GraphBuilder, mark, node, m, layer: str) -> None:  # noqa: ANN001
+    """Replace the bias placeholder by ``DequantizeLinear(int32 codes, s_in * s_w, 0; axis 0)``."""
+    bname, ph = mark
+    init = inits.get(bname)
+    if init is None or not np.array_equal(numpy_helper.to_array(init), ph) or list(node.input)[2:3] != [bname]:
+        raise UnsupportedLayerError(f"Layer `{layer}`: the exporter changed or moved its bias `{bname}`.")
+    g.initializer.remove(init)
+    scale = m.b_scale.detach().float()
+    codes = torch.round(m.bias.detach() / scale)
+    if not torch.equal(codes * scale, m.bias.detach()):
+        raise AssertionError(f"Layer `{layer}`: the deploy bias is not int32 codes * scale.")
+    q = b.const("bias_codes", codes.numpy().astype(np.int32))
+    s = b.f32("bias_scale", scale.numpy())
+    z = b.const("bias_zero_point", np.zeros(scale.shape, dtype=np.int32))
+    b.node("DequantizeLinear", [q, s, z], "bias_dq", out=bname, axis=0)
 
 
 def _input_container(spec: InputSpec, wbits: int | None) -> str:

@@ -49,6 +49,24 @@ class DeployLayerMixin:
         self.w_bits, self.w_signed = codes.bits, codes.signed
         self.register_buffer("pruned", (codes.codes.reshape(codes.codes.shape[0], -1) == 0).all(1))
 
+    def quantize_bias_for_int8_kernels(self) -> None:
+        """For a conv with 5..8-bit weights and a 5..8-bit symmetric (or ``lo = 0`` min-max) input, store the bias as
+        int32 codes at scale ``s_in * s_w[c]`` (``b_scale``), as onnxruntime's QLinearConv needs."""
+        spec = self.input_spec
+        self.register_buffer("b_scale", None)
+        if (
+            self.bias is None or self.w_scale is None or spec is None or isinstance(self, nn.Linear)
+            or not 5 <= max(self.w_bits, 1) <= 8 or not 5 <= spec.bits <= 8
+            or (spec.grid == "minmax" and spec.lo != 0)
+        ):
+            return
+        s = torch.tensor(spec.scale, dtype=torch.float32) * self.w_scale.float()
+        s = s.expand(self.bias.shape).clone()
+        codes = torch.round(self.bias.detach() / s).clamp_(-(2**31), 2**31 - 1)
+        with torch.no_grad():
+            self.bias.copy_(codes * s)
+        self.b_scale = s
+
     def quantized(self) -> bool:
         return self.w_scale is not None
 
@@ -93,8 +111,8 @@ class DeployLayerMixin:
 
     def channel_slice_(self, keep: Tensor) -> None:
         """Keep only the output channels ``keep`` (indices) of the per-channel dequantization data."""
-        for attr in ("w_scale", "w_lo"):
-            t = getattr(self, attr)
+        for attr in ("w_scale", "w_lo", "b_scale"):
+            t = getattr(self, attr, None)
             if t is not None and t.dim():
                 setattr(self, attr, t[keep])
         self.pruned = self.pruned[keep]

@@ -42,3 +42,23 @@ def ort_session(
         str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"],
         disabled_optimizers=list(DISABLED_OPTIMIZERS),
     )
+
+
+def optimized_op_counts(path: str | os.PathLike, threads: int = 1) -> dict[str, int]:
+    """Op types of onnxruntime's optimized graph of ``path`` (extended level, `DISABLED_OPTIMIZERS` off), e.g.
+    ``{"QLinearConv": 5, "DequantizeLinear": 12, ...}``: which layers run on integer kernels."""
+    import collections
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="bb_ort_") as d:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = str(Path(d) / "optimized.onnx")
+        opts.intra_op_num_threads = threads
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=list(DISABLED_OPTIMIZERS))
+        return dict(collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node))

@@ -16,6 +16,7 @@ from torch import nn
 
 from bb_lightning import BBConfigError, UnsupportedLayerError, apply_config
 from bb_lightning.deploy import export_onnx, ort_session
+from bb_lightning.deploy.session import optimized_op_counts
 
 CONTAINER = {b: "INT2" if b <= 2 else "INT4" if b <= 4 else "INT8" if b <= 8 else "INT16" for b in range(17)}
 
@@ -93,13 +94,23 @@ def test_one_layer_in_onnxruntime_matches_pytorch_within_rtol(kind, grid, tmp_pa
     model = Parallel(make).eval()
     x = torch.randn(4, 8, 6, 6) if kind != "linear" else torch.randn(4, 32)
     cfg = make_config(model, x, weight_bits=(2, 4, 8, 16, 32), input_bits=(8, 4, 8, 16, 6), grid=grid, per_channel=True)
-    export_onnx(model, cfg, tmp_path / "m.onnx", x)
+    res = export_onnx(model, cfg, tmp_path / "m.onnx", x)
     with torch.no_grad():
-        ref = apply_config(copy.deepcopy(model), cfg).eval()(x).numpy()
+        fixed = apply_config(copy.deepcopy(model), cfg).eval()(x).numpy()
+        deploy = res.model(x).numpy()
     got = ort_session(tmp_path / "m.onnx").run(None, {"input": x.numpy()})[0]
     for i, (wb, ib) in enumerate([(2, 8), (4, 4), (8, 8), (16, 16), (32, 6)]):
-        np.testing.assert_allclose(got[i], ref[i], rtol=1e-5, atol=1e-5 * float(np.abs(ref[i]).max()),
+        # vs the PyTorch deploy model: the same integer weights (and, at w8a8, the int32 bias QLinearConv needs)
+        np.testing.assert_allclose(got[i], deploy[i], rtol=1e-5, atol=1e-5 * float(np.abs(deploy[i]).max()),
                                    err_msg=f"{kind} w{wb}a{ib}")
+        # vs the fixed fake-quant model: identical except the w8a8 conv's bias, rounded to half a product step
+        b_scale = getattr(res.model.branches[i], "b_scale", None)
+        spec = res.model.branches[i].input_spec
+        fusable = (wb, ib) == (8, 8) and kind != "linear" and (spec.grid == "symmetric" or spec.lo == 0)
+        assert (b_scale is not None) == fusable
+        half_step = 0.0 if b_scale is None else 0.5 * float(b_scale.max())
+        np.testing.assert_allclose(deploy[i], fixed[i], rtol=1e-5, atol=1e-6 + half_step * 1.001,
+                                   err_msg=f"{kind} w{wb}a{ib} deploy vs fixed")
 
 
 def test_default_onnxruntime_session_loads_int2_weights_after_uint8_inputs(tmp_path):
@@ -158,3 +169,19 @@ def test_existing_file_is_never_overwritten_unless_asked_and_no_partial_file_is_
     with pytest.raises(OSError, match="disk full"):
         export_onnx(model, cfg, tmp_path / "new.onnx", x)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_w8a8_conv_relu_chain_runs_on_int8_kernels(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 1)).eval()
+    x = torch.randn(2, 8, 12, 12)
+    cfg = make_config(model, x, weight_bits=(8,), input_bits=(8,))
+    res = export_onnx(model, cfg, tmp_path / "m.onnx", x)
+    # unsigned 8-bit input -> conv -> ReLU -> unsigned 8-bit Q: layers 2 and 4 (the first has a signed input, the
+    # last no Q after it)
+    assert optimized_op_counts(res.path).get("QLinearConv", 0) == 2
+    got = ort_session(res.path).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        want = res.model(x).numpy()
+    assert float(np.abs(got - want).mean()) <= 0.01 * float(np.abs(want).mean())
