@@ -1,6 +1,6 @@
 """What the deployable model buys: ONNX file sizes and onnxruntime CPU latency, side by side, as ratios.
 
-    python benchmarks/deploy.py [RUN_DIR] [--threads 1] [--repeats 50] [--mask-fraction 0.5]
+    python benchmarks/deploy.py [RUN_DIR] [--threads 1] [--repeats 50] [--image-size 96] [--mask-fraction 0.5]
 
 RUN_DIR is a finished run of the default job (``bb-lightning fit --config recipes/digits_bayesian_bits.yaml``);
 without it the default job is trained first (a few minutes on 2 cores). Prints:
@@ -9,7 +9,7 @@ without it the default job is trained first (a few minutes on 2 cores). Prints:
   (the file pays container rounding: 3 -> 4 and 5..7 -> 8 bits, per-channel scales, and the graph itself);
 * onnxruntime CPU latency (fixed threads, warm-up, median of ``--repeats`` runs) at batch 1 and 32 of: the float
   model, the export with pruned channels kept as zero rows, the export with them removed, a w8a8 export of the same
-  weights (every layer 8-bit), and the PyTorch fake-quant vs deploy models;
+  weights (every layer 8-bit), and PyTorch's float, fake-quant and deploy models;
 * the ops of each optimized onnxruntime graph (``QLinearConv`` = int8 kernels; ``MatMulNBits``).
 
 On CPU, sub-8-bit weights buy file size, not speed (onnxruntime dequantizes them to float each run); speed comes from
@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("run_dir", nargs="?", help="a finished run of the default job (default: train it now)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="export and time at this input height/width instead of the run's (convolutional models)")
     p.add_argument("--mask-fraction", type=float, default=0.0,
                    help="demo: also mask this fraction of each layer's smallest-norm output channels")
     args = p.parse_args(argv)
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     files = find_run_files(run)
     config = MixedPrecisionConfig.load(files.config)
     model, example = load_run_model(files, config)
+    if args.image_size:
+        example = torch.zeros(1, example.shape[1], args.image_size, args.image_size)
     if args.mask_fraction > 0:
         config = _mask_smallest(config, model, args.mask_fraction)
         print(f"demo: the config also masks {100 * args.mask_fraction:.0f}% of each layer's smallest output channels")
@@ -146,13 +150,16 @@ def main(argv: list[str] | None = None) -> None:
             base.setdefault(b, ms)
             row.append(f"{ms:>9.3f} {ms / base[b]:>6.2f}x")
         print(f"{name:<22} {' '.join(row)}")
-    for name, m in [("torch fake-quant", fixed), ("torch deploy", removed.model)]:
+    print("PyTorch (ratio vs the float PyTorch model)")
+    tbase = {}
+    for name, m in [("torch float", model), ("torch fake-quant", fixed), ("torch deploy (removed)", removed.model)]:
         row = []
         for b in (1, 32):
             x = torch.randn(b, *example.shape[1:])
             with torch.no_grad():
                 ms = _median_ms(lambda: m(x), args.repeats)
-            row.append(f"{ms:>9.3f} {ms / base[b]:>6.2f}x")
+            tbase.setdefault(b, ms)
+            row.append(f"{ms:>9.3f} {ms / tbase[b]:>6.2f}x")
         print(f"{name:<22} {' '.join(row)}")
     print("\n== ops in onnxruntime's optimized graph")
     for name, path in [("mixed (removed)", removed.path), ("w8a8", w8.path)]:
