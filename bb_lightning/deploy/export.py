@@ -80,6 +80,7 @@ def build_onnx(deploy_model: nn.Module, example_input: Tensor, dynamic_batch: bo
     if all(op.domain in ("", "ai.onnx") for op in proto.opset_import):
         del proto.opset_import[:]
         proto.opset_import.append(onnx.helper.make_opsetid("", OPSET))
+    proto.producer_name = "bb_lightning"
     onnx.checker.check_model(proto, full_check=True)
     return proto, summary
 

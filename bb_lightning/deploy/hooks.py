@@ -25,7 +25,7 @@ def onnx_path_for(config_path: str | os.PathLike) -> Path:
 
 def write_onnx_next_to(
     config_path: str | os.PathLike, model: nn.Module, config: MixedPrecisionConfig | None, example_input: Tensor
-) -> Path:
+) -> Path | None:
     """Export ``model`` (searched, fixed or float) quantized with ``config`` to `onnx_path_for` ``config_path``.
     Never replaces an existing file: ``model-v1.onnx``, ... instead."""
     return write_onnx_new(onnx_path_for(config_path), model, config, example_input)
@@ -48,13 +48,19 @@ def example_input_of(pl_module: nn.Module, model: nn.Module) -> Tensor:
 
 
 def write_onnx_new(path: str | os.PathLike, model: nn.Module, config: MixedPrecisionConfig | None,
-                   example_input: Tensor) -> Path:
-    """`export_onnx` to ``path``, or ``<stem>-v1.onnx``, ... if it exists (never replaces a file)."""
+                   example_input: Tensor) -> Path | None:
+    """`export_onnx` to ``path``, or ``<stem>-v1.onnx``, ... if it exists (never replaces a file). A failure is
+    logged as an error (with the traceback) and returns ``None``: it must not fail a finished training run."""
     path = Path(path)
     base, i = path, 1
     while path.exists():
         path = base.with_name(f"{base.stem}-v{i}{base.suffix}")
         i += 1
-    result = export_onnx(model, config, path, example_input[:1])
+    try:
+        result = export_onnx(model, config, path, example_input[:1])
+    except Exception as err:  # the run's config and checkpoints are saved: report, do not fail the fit at its end
+        log.error("bb_lightning: the ONNX export to %s failed (%s: %s); the config and checkpoints are saved, fix the "
+                  "cause and run `bb-lightning export <run dir>`.", path, type(err).__name__, err, exc_info=True)
+        return None
     log.info("bb_lightning: wrote %s (%.1f KiB)", result.path, result.bytes / 1024)
     return result.path
