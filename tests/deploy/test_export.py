@@ -185,3 +185,20 @@ def test_w8a8_conv_relu_chain_runs_on_int8_kernels(tmp_path):
     with torch.no_grad():
         want = res.model(x).numpy()
     assert float(np.abs(got - want).mean()) <= 0.01 * float(np.abs(want).mean())
+
+
+def test_end_of_fit_hook_logs_a_failed_export_and_never_replaces_files(tmp_path, caplog):
+    from bb_lightning.deploy.hooks import onnx_path_for, write_onnx_next_to
+
+    assert onnx_path_for(tmp_path / "mixed_precision_config-v2.json") == tmp_path / "model-v2.onnx"
+    model, x = small_cnn(), torch.randn(2, 3, 8, 8)
+    cfg = make_config(model, x)
+    config_path = tmp_path / "mixed_precision_config.json"
+    (tmp_path / "model.onnx").write_bytes(b"older export")
+    assert write_onnx_next_to(config_path, model, cfg, x) == tmp_path / "model-v1.onnx"
+    assert (tmp_path / "model.onnx").read_bytes() == b"older export"
+    bad = nn.Sequential(OddConv(3, 4, 3)).eval()
+    with caplog.at_level("ERROR"):
+        assert write_onnx_next_to(config_path, bad, make_config(nn.Sequential(nn.Conv2d(3, 4, 3)).eval(), x), x) is None
+    assert "ONNX export" in caplog.text and "OddConv" in caplog.text
+    assert not (tmp_path / "model-v2.onnx").exists()
