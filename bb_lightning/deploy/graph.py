@@ -7,7 +7,9 @@ may fold BatchNorms into weights and keep their names) and replaced by integer c
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import warnings
 from pathlib import Path
 
@@ -68,7 +70,7 @@ def export_float(
     kwargs = {}
     if dynamic_batch:
         kwargs["dynamic_axes"] = {"input": {0: "batch"}, "output": {0: "batch"}}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress
         warnings.simplefilter("ignore")
         torch.onnx.export(
             exp, (example,), str(path), dynamo=True, opset_version=OPSET, external_data=False, optimize=True,
