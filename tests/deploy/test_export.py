@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from configs import make_config
+from deploy_configs import make_config
 from onnx import numpy_helper
 from torch import nn
 

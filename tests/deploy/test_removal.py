@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from configs import make_config
+from deploy_configs import make_config
 from torch import nn
 
 from bb_lightning.deploy import export_onnx, ort_session, to_deploy_model

@@ -8,7 +8,7 @@ import onnx
 import pytest
 import timm
 import torch
-from configs import make_config
+from deploy_configs import make_config
 
 from bb_lightning.deploy import export_onnx, ort_session
 
