@@ -19,7 +19,7 @@ class DeployLayerMixin:
         w_scale: float32 0-dim or ``[C]`` dequantization step of ``weight`` (``None``: float weight).
         w_lo: float32 ``[C]`` / 0-dim offset (min-max grids), else ``None``.
         w_bits, w_signed: code width (0: all pruned) and sign.
-        pruned: boolean ``[C]``: output channels whose codes are all zero (masked / pruned by the search).
+        pruned: boolean ``[C]``: output channels whose weight row is all zero (masked / pruned by the search).
         same_pad: pad like TensorFlow "SAME" before the conv (timm ``Conv2dSame``).
         export_mode: when true, ``forward`` skips the input quantizer (the ONNX writer inserts Q/DQ instead).
     """
@@ -47,7 +47,7 @@ class DeployLayerMixin:
         self.register_buffer("w_scale", codes.scale)
         self.register_buffer("w_lo", codes.lo)
         self.w_bits, self.w_signed = codes.bits, codes.signed
-        self.register_buffer("pruned", (codes.codes.reshape(codes.codes.shape[0], -1) == 0).all(1))
+        self.register_buffer("pruned", self.zero_rows())
 
     def quantize_bias_for_int8_kernels(self) -> None:
         """For a conv with 5..8-bit weights and a 5..8-bit symmetric (or ``lo = 0`` min-max) input, store the bias as
@@ -67,6 +67,12 @@ class DeployLayerMixin:
             self.bias.copy_(codes * s)
         self.b_scale = s
 
+    def zero_rows(self) -> Tensor:
+        """Boolean ``[C]``: output channels whose (dequantized) weight row is all zero (a min-max row of zero codes
+        is ``lo``, not zero)."""
+        w = self.weight.detach()
+        return (w.reshape(w.shape[0], -1) == 0).all(1)
+
     def quantized(self) -> bool:
         return self.w_scale is not None
 
@@ -83,7 +89,7 @@ class DeployLayerMixin:
                 if self.w_lo is not None:
                     self.w_lo = self.w_lo * g
                 self.weight.copy_(self.dequantized(codes))
-                self.pruned = (codes.reshape(codes.shape[0], -1) == 0).all(1)
+                self.pruned = self.zero_rows()
             else:
                 self.weight.mul_(g.view(view))
             self.bias = nn.Parameter(bias.detach().clone().float())
