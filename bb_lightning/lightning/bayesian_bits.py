@@ -45,10 +45,10 @@ class BayesianBits(QuantizationCallback):
         finetune_epochs: fix the gates for the last N epochs of ``fit`` and fine-tune weights and ranges (spec 5.4).
         export_path: where to write the config; default ``<log_dir>/mixed_precision_config.json``.
         overwrite_export: replace an existing file instead of writing ``<name>-v1.json``.
-        export_onnx: also write the deployable ONNX model (``model.onnx``) next to the config (`bb_lightning.deploy`).
         model_attr: attribute of the LightningModule holding the model; default ``model`` if present, else the module.
         input_size: per-sample input size for counting MACs, e.g. ``(3, 224, 224)``; default from
             ``example_input_array`` or timm's ``pretrained_cfg``.
+        export_onnx: also write the deployable ONNX model (``model.onnx``) next to the config (`bb_lightning.deploy`).
 
     Raises:
         BBConfigError: an invalid argument; the message names it and the valid choices.
@@ -79,9 +79,9 @@ class BayesianBits(QuantizationCallback):
         finetune_epochs: int = 0,
         export_path: str | None = None,
         overwrite_export: bool = False,
-        export_onnx: bool = False,
         model_attr: str | None = None,
         input_size: Sequence[int] | None = None,
+        export_onnx: bool = False,
     ) -> None:
         method_config = BayesianBitsConfig(
             bits=bits,

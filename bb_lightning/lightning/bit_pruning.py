@@ -51,9 +51,9 @@ class BitPruning(QuantizationCallback):
         finetune_epochs: round and freeze the bitlengths for the last N epochs and fine-tune the weights.
         export_path: where to write the config; default ``<log_dir>/mixed_precision_config.json``.
         overwrite_export: replace an existing file instead of writing ``<name>-v1.json``.
-        export_onnx: also write the deployable ONNX model (``model.onnx``) next to the config (`bb_lightning.deploy`).
         model_attr: attribute of the LightningModule holding the model; default ``model`` if present, else the module.
         input_size: per-sample input size for counting MACs, e.g. ``(3, 224, 224)``.
+        export_onnx: also write the deployable ONNX model (``model.onnx``) next to the config (`bb_lightning.deploy`).
 
     Raises:
         BBConfigError: an invalid argument; the message names it and the valid choices.
@@ -90,9 +90,9 @@ class BitPruning(QuantizationCallback):
         finetune_epochs: int = 0,
         export_path: str | None = None,
         overwrite_export: bool = False,
-        export_onnx: bool = False,
         model_attr: str | None = None,
         input_size: Sequence[int] | None = None,
+        export_onnx: bool = False,
     ) -> None:
         method_config = BitPruningConfig(
             init_bits=init_bits,

@@ -80,12 +80,12 @@ class QuantizationCallback(pl.Callback):
         finetune_epochs: int = 0,
         export_path: str | None = None,
         overwrite_export: bool = False,
-        export_onnx: bool = False,
         model_attr: str | None = None,
         input_size: Sequence[int] | None = None,
         group_lrs: Mapping[str, float] | None = None,
         warmup_epochs: float = 0.0,
         ramp_epochs: float = 0.0,
+        export_onnx: bool = False,
     ) -> None:
         super().__init__()
         entry = get_method(method)
