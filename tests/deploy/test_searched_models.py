@@ -1,4 +1,4 @@
-"""Export straight from searched models (the search callbacks' end-of-fit case): Bayesian Bits with training-time
+"""Export straight from searched models (the search callbacks' end-of-fit case): Bayesian Bits with training-time or static
 BatchNorm folding and random gates, BitPruning with per-group bitlengths on min-max grids."""
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ def cnn() -> nn.Sequential:
     return m
 
 
-@pytest.mark.parametrize("method", ["bayesian_bits", "bit_pruning"])
-def test_searched_model_exports_and_runs_like_its_evaluation_pass(method, tmp_path):
+@pytest.mark.parametrize("method,fold", [("bayesian_bits", "train"), ("bayesian_bits", "static"), ("bit_pruning", "none")])
+def test_searched_model_exports_and_runs_like_its_evaluation_pass(method, fold, tmp_path):
     model, x = cnn(), torch.randn(16, 3, 8, 8)
     if method == "bayesian_bits":
-        recs = plan_layers(model, WrapConfig(fold_bn="train"), x[:1])
+        recs = plan_layers(model, WrapConfig(fold_bn=fold), x[:1])
         mods = apply_plan(model, recs, method, BayesianBitsConfig())
     else:
         recs = plan_layers(model, WrapConfig(), x[:1])
@@ -64,4 +64,4 @@ def test_searched_model_exports_and_runs_like_its_evaluation_pass(method, tmp_pa
     widths = {v["weight"] for v in res.layers.values()}
     assert len(widths) > 1, widths  # really mixed
     if method == "bayesian_bits":
-        assert config.model["bn_fold"]
+        assert {f["mode"] for f in config.model["bn_fold"].values()} == {fold}
