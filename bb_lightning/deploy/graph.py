@@ -86,7 +86,8 @@ def _consumer(nodes: list[onnx.NodeProto], tensor: str, layer: str) -> tuple[int
     ops = [i for i in users if nodes[i].op_type in _CONSUMERS]
     if len(users) != 1 or len(ops) != 1:
         raise UnsupportedLayerError(
-            f"Layer `{layer}`: its weight `{tensor}` feeds {[nodes[i].op_type for i in users]} in the exported graph, not one "
+            f"Layer `{layer}`: its weight `{tensor}` feeds {[nodes[i].op_type for i in users]} in the exported graph, "
+            "not one "
             "Conv/Gemm/MatMul, so its input quantizer has no place. HINT: keep the layer float "
             "(`exclude=[...]` in the search) or export it without quantization."
         )

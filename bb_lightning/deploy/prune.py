@@ -32,6 +32,10 @@ _OK_TYPES = {"CONV", "BN", "LINEAR", "DEPTHWISE_CONV", "CONCAT", "SPLIT", "ELEME
 _MULTIPLICATIVE = ("Mul", "Div", "Sigmoid", "Softmax", "Bmm", "MatMul", "Mm", "Norm", "Var", "Std")
 
 
+def _probe(example: Tensor, seed: int) -> Tensor:
+    return torch.randn(example.shape, generator=torch.Generator().manual_seed(seed)).to(example.device)
+
+
 def _probe_inputs(model: nn.Module, example: Tensor) -> list[dict[nn.Module, Tensor]]:
     """For two probe inputs: ``{consumer layer: its input after its input quantizer}``."""
     seen: list[dict[nn.Module, Tensor]] = []
@@ -138,7 +142,7 @@ def remove_pruned_channels(model: nn.Module, example: Tensor) -> tuple[nn.Module
         return model, _rows(report)
     probes = _probe_inputs(model, example)
     with torch.no_grad():
-        before = [model(torch.randn(example.shape, generator=torch.Generator().manual_seed(s)).to(example.device)) for s in (1, 2)]
+        before = [model(_probe(example, s)) for s in (1, 2)]
     plans: list[tuple[Any, list[int]]] = []
     planned: dict[nn.Module, str] = {}  # producers already covered by a coupled layer's group
     for name, m in layers:
@@ -169,7 +173,7 @@ def remove_pruned_channels(model: nn.Module, example: Tensor) -> tuple[nn.Module
             r["reason"] = f"torch-pruning failed to slice ({type(err).__name__}: {str(err)[:60]})"
         return original, _rows(report)
     with torch.no_grad():
-        after = [model(torch.randn(example.shape, generator=torch.Generator().manual_seed(s)).to(example.device)) for s in (1, 2)]
+        after = [model(_probe(example, s)) for s in (1, 2)]
     for a, b in zip(before, after):
         tol = 1e-4 * float(a.abs().max()) + 1e-6
         err = float((a - b).abs().max())

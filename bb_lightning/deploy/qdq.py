@@ -6,8 +6,9 @@ Exactness: ``QuantizeLinear`` computes ``saturate(round_half_even(x / s) + zp)``
 the codes are clipped with an integer ``Clip`` after the Q for 8-bit containers; onnxruntime has no integer Clip
 kernel for 2/4/16-bit types, so there the input is clipped in float to ``[qmin * s, qmax * s]`` before the Q, which
 gives the same codes (with ``Min``/``Max``: a float ``Clip`` right before a 2/4/16-bit Q makes onnxruntime's
-ClipQuantFusion throw at load time). Min-max grids clip in float to ``[lo, lo + span]``, subtract ``lo`` (if nonzero), quantize
-unsigned with zero point 0, dequantize and add ``lo`` back, in the order of `bb_lightning.core.minmax`.
+ClipQuantFusion throw at load time). Min-max grids clip in float to ``[lo, lo + span]``, subtract ``lo`` (if
+nonzero), quantize unsigned with zero point 0, dequantize and add ``lo`` back, in the order of
+`bb_lightning.core.minmax`.
 """
 
 from __future__ import annotations

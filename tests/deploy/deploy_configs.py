@@ -55,7 +55,8 @@ def make_config(
             continue
         w = get_adapter(m, name).weight(m).detach()
         c = w.shape[0]
-        entry = {"type": type(m).__name__, "weight_shape": list(w.shape), "macs": 1, "quantized": name not in unquantized,
+        entry = {"type": type(m).__name__, "weight_shape": list(w.shape), "macs": 1,
+                 "quantized": name not in unquantized,
                  "weight": None, "input": None, "kept_channels": None, "bops": 1.0}
         layers[name] = entry
         if not entry["quantized"]:
@@ -67,7 +68,8 @@ def make_config(
                 flat = w.reshape(c, -1)
                 cb = [int(v) for v in torch.randint(max(1, bits - 3), bits + 1, (c,), generator=gen)]
                 cr = [[float(a), float(b)] for a, b in zip(flat.min(1).values * 0.9, flat.max(1).values * 0.9)]
-                entry["weight"] = {"bits": max(cb), "signed": True, "range": [min(r[0] for r in cr), max(r[1] for r in cr)],
+                rng = [min(r[0] for r in cr), max(r[1] for r in cr)]
+                entry["weight"] = {"bits": max(cb), "signed": True, "range": rng,
                                    "grid": "minmax", "granularity": "channel", "channel_bits": cb, "channel_ranges": cr}
             else:
                 entry["weight"] = {"bits": bits, "signed": True, "range": [float(w.min()) * 0.9, float(w.max()) * 0.9],

@@ -89,7 +89,8 @@ class Parallel(nn.Module):
 @pytest.mark.parametrize("kind", ["conv", "depthwise", "linear"])
 @pytest.mark.parametrize("grid", ["symmetric", "minmax"])
 def test_one_layer_in_onnxruntime_matches_pytorch_within_rtol(kind, grid, tmp_path):
-    make = {"conv": lambda: nn.Conv2d(8, 16, 3, padding=1), "depthwise": lambda: nn.Conv2d(8, 8, 3, padding=1, groups=8),
+    make = {"conv": lambda: nn.Conv2d(8, 16, 3, padding=1),
+            "depthwise": lambda: nn.Conv2d(8, 8, 3, padding=1, groups=8),
             "linear": lambda: nn.Linear(32, 16)}[kind]
     model = Parallel(make).eval()
     x = torch.randn(4, 8, 6, 6) if kind != "linear" else torch.randn(4, 32)

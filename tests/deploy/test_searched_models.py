@@ -1,5 +1,5 @@
-"""Export straight from searched models (the search callbacks' end-of-fit case): Bayesian Bits with training-time or static
-BatchNorm folding and random gates, BitPruning with per-group bitlengths on min-max grids."""
+"""Export straight from searched models (the search callbacks' end-of-fit case): Bayesian Bits with training-time or
+static BatchNorm folding and random gates, BitPruning with per-group bitlengths on min-max grids."""
 
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ def cnn() -> nn.Sequential:
     return m
 
 
-@pytest.mark.parametrize("method,fold", [("bayesian_bits", "train"), ("bayesian_bits", "static"), ("bit_pruning", "none")])
+@pytest.mark.parametrize(
+    "method,fold", [("bayesian_bits", "train"), ("bayesian_bits", "static"), ("bit_pruning", "none")]
+)
 def test_searched_model_exports_and_runs_like_its_evaluation_pass(method, fold, tmp_path):
     model, x = cnn(), torch.randn(16, 3, 8, 8)
     if method == "bayesian_bits":
