@@ -6,7 +6,7 @@ Public API (stable): `BayesianBits` and `BitPruning` (callbacks), `CostRegulariz
 """
 
 from . import methods as _methods  # noqa: F401  (registers the built-in methods)
-from . import models as _models  # noqa: F401  (registers the timm models bb_lenet5, bb_vgg7)
+from .app import models as _models  # noqa: F401  (registers the timm models bb_lenet5, bb_vgg7)
 from ._registry import get_method as get_method
 from ._registry import list_methods as list_methods
 from ._registry import register_method as register_method
@@ -18,10 +18,11 @@ from .errors import NonFiniteError as NonFiniteError
 from .errors import UnsupportedLayerError as UnsupportedLayerError
 from .export import MixedPrecisionConfig as MixedPrecisionConfig
 from .export import apply_config as apply_config
-from .lightning.bayesian_bits import BayesianBits as BayesianBits
-from .lightning.bit_pruning import BitPruning as BitPruning
-from .lightning.callback import QuantizationCallback as QuantizationCallback
-from .lightning.mixin import CostRegularizerMixin as CostRegularizerMixin
+from .plugin import BayesianBits as BayesianBits
+from .plugin import BitPruning as BitPruning
+from .plugin import CostRegularizerMixin as CostRegularizerMixin
+from .plugin import NonFiniteGuard as NonFiniteGuard
+from .plugin import QuantizationSearch as QuantizationSearch
 from .version import __version__ as __version__
 from .wrap.adapters import LayerAdapter as LayerAdapter
 from .wrap.adapters import register_layer_adapter as register_layer_adapter
@@ -34,7 +35,8 @@ __all__ = [
     "LayerAdapter",
     "MixedPrecisionConfig",
     "NonFiniteError",
-    "QuantizationCallback",
+    "NonFiniteGuard",
+    "QuantizationSearch",
     "UnsupportedLayerError",
     "__version__",
     "apply_config",

@@ -1,4 +1,6 @@
-"""Shared, method-agnostic settings: which layers to wrap (`WrapConfig`) and the cost (`CostConfig`)."""
+"""Shared, method-agnostic settings: which layers to wrap (`WrapConfig`). A method's regulariser settings live in its
+folder (e.g. `bb_lightning.methods.bit_pruning.BitCostConfig`) or, for per-quantizer penalties, in
+`bb_lightning.cost.penalty.CostConfig`."""
 
 from __future__ import annotations
 
@@ -6,12 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .errors import BBConfigError
-
-
-class CostKind(str, Enum):
-    BOPS = "bops"
-    MEMORY = "memory"
+from ._validate import boolean, enum_value, int_in, patterns
 
 
 class FirstLayer(str, Enum):
@@ -30,24 +27,6 @@ class LastLayer(str, Enum):
     NO_PRUNE = "no_prune"  #: quantize weights and input, but never prune the classifier's outputs
     FULL = "full"  #: like any other layer
     FLOAT = "float"  #: leave the layer float
-
-
-def _enum(cls: type[Enum], name: str, value: object) -> Enum:
-    try:
-        return cls(value.value if isinstance(value, Enum) else value)
-    except ValueError:
-        choices = [m.value for m in cls]  # type: ignore[attr-defined]
-        raise BBConfigError(f"Expected argument `{name}` to be one of {choices}, but got {value!r}.") from None
-
-
-def _patterns(name: str, value: object) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise BBConfigError(f"Expected argument `{name}` to be a list of module-name patterns, but got {value!r}.")
 
 
 @dataclass
@@ -76,38 +55,10 @@ class WrapConfig:
     exclude_patterns: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.first_layer = _enum(FirstLayer, "first_layer", self.first_layer)
-        self.last_layer = _enum(LastLayer, "last_layer", self.last_layer)
-        self.fold_bn = _enum(FoldBN, "fold_bn", self.fold_bn)
-        self.include_patterns = _patterns("include", self.include)
-        self.exclude_patterns = _patterns("exclude", self.exclude)
-        if not isinstance(self.quantize_activations, bool):
-            raise BBConfigError(
-                f"Expected argument `quantize_activations` to be true or false, but got {self.quantize_activations!r}."
-            )
-        if isinstance(self.input_bits, bool) or not isinstance(self.input_bits, int) or not 1 <= self.input_bits <= 32:
-            raise BBConfigError(f"Expected argument `input_bits` to be an int in [1, 32], but got {self.input_bits!r}.")
-
-
-@dataclass
-class CostConfig:
-    """The regulariser: ``strength * sum_k R_k`` with cost weights from BOPs or weight memory.
-
-    Args:
-        kind: ``"bops"`` (cost weight ``MACs_k / max MACs``, weights and inputs) or ``"memory"`` (cost weight
-            ``params_k / max params``, weights only; inputs are not penalised).
-        strength: the paper's ``mu`` (>= 0).
-    """
-
-    kind: CostKind | str = CostKind.BOPS
-    strength: float = 0.01
-
-    def __post_init__(self) -> None:
-        self.kind = _enum(CostKind, "regularizer", self.kind)
-        if (
-            isinstance(self.strength, bool)
-            or not isinstance(self.strength, (int, float))
-            or not 0 <= self.strength < float("inf")
-        ):
-            raise BBConfigError(f"Expected argument `strength` to be a finite float >= 0, but got {self.strength!r}.")
-        self.strength = float(self.strength)
+        self.first_layer = enum_value(FirstLayer, "first_layer", self.first_layer)
+        self.last_layer = enum_value(LastLayer, "last_layer", self.last_layer)
+        self.fold_bn = enum_value(FoldBN, "fold_bn", self.fold_bn)
+        self.include_patterns = patterns("include", self.include)
+        self.exclude_patterns = patterns("exclude", self.exclude)
+        self.quantize_activations = boolean("quantize_activations", self.quantize_activations)
+        self.input_bits = int_in("input_bits", self.input_bits, 1, 32)

@@ -83,7 +83,7 @@ def _mask_smallest(config: MixedPrecisionConfig, model: torch.nn.Module, fractio
 
 
 def _train_default_job(root: Path) -> Path:
-    from bb_lightning.lightning.cli import main
+    from bb_lightning.app.cli import main
 
     with redirect_stdout(io.StringIO()):
         main(["fit", "--config", str(ROOT / "recipes" / "digits_bayesian_bits.yaml"),

@@ -28,10 +28,10 @@ import lightning.pytorch as pl
 import torch
 
 import bb_lightning  # noqa: F401
-from bb_lightning import BayesianBits, BitPruning, QuantizationCallback
-from bb_lightning.config import CostConfig, WrapConfig
-from bb_lightning.lightning.data import DigitsDataModule
-from bb_lightning.lightning.module import TimmClassifier
+from bb_lightning import BayesianBits, BitPruning, QuantizationSearch
+from bb_lightning.cost.penalty import CostConfig
+from bb_lightning.app.data import DigitsDataModule
+from bb_lightning.app.module import TimmClassifier
 from bb_lightning.methods.fixed_bits import FixedBitsConfig
 
 
@@ -39,8 +39,8 @@ def _variants(epochs: int) -> dict[str, Any]:
     finetune = max(1, epochs // 6)
 
     def fixed(bits: int) -> Any:
-        return lambda: QuantizationCallback(
-            "fixed_bits", FixedBitsConfig(bits, bits), WrapConfig(), CostConfig(strength=0.0), range_lr=1e-3
+        return lambda: QuantizationSearch(
+            FixedBitsConfig(bits, bits), CostConfig(strength=0.0), group_lrs={"ranges": 1e-3}
         )
 
     return {
@@ -49,7 +49,7 @@ def _variants(epochs: int) -> dict[str, Any]:
         "w4a4": fixed(4),
         "w2a2": fixed(2),
         "bb": lambda: BayesianBits(
-            strength=0.05, gate_init=3.0, gate_lr=0.03, range_lr=1e-3, finetune_epochs=finetune
+            mu=0.05, gate_init=3.0, gate_lr=0.03, range_lr=1e-3, finetune_epochs=finetune
         ),
         "bp": lambda: BitPruning(
             strength=0.5, bit_lr=0.02, warmup_epochs=1, ramp_epochs=2, finetune_epochs=finetune

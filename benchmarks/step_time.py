@@ -29,12 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import bb_lightning  # noqa: F401
-from bb_lightning.config import CostConfig, WrapConfig
-from bb_lightning.core import hard_concrete as hc
-from bb_lightning.cost.bit_cost import BitCostConfig, BitCostRegularizer
-from bb_lightning.cost.regularizer import CostRegularizer
-from bb_lightning.methods.bit_pruning import BitPruningConfig
-from bb_lightning.methods.bayesian_bits import BayesianBitsConfig
+from bb_lightning.config import WrapConfig
+from bb_lightning.cost.penalty import CostConfig
+from bb_lightning.methods.bayesian_bits import BayesianBitsConfig, BayesianBitsRegularizer
+from bb_lightning.methods.bayesian_bits import hard_concrete as hc
+from bb_lightning.methods.bit_pruning import BitCostConfig, BitCostRegularizer, BitPruningConfig
 from bb_lightning.wrap.swap import apply_plan, plan_layers
 
 
@@ -83,7 +82,7 @@ def build(model_name: str, size: int, variant: str) -> tuple[nn.Module, Any]:
         return model, BitCostRegularizer(records, modules, BitCostConfig(strength=0.1))
     gate_init = None if variant == "init" else 0.0
     modules = apply_plan(model, records, "bayesian_bits", BayesianBitsConfig(gate_init=gate_init))
-    reg = CostRegularizer(records, modules, CostConfig(strength=0.01))
+    reg = BayesianBitsRegularizer(records, modules, CostConfig(strength=0.01))
     if variant == "naive":
         for m in modules.values():
             m.weight_quantizer = NaiveBayesianBits(m.weight_quantizer)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from bb_lightning import MixedPrecisionConfig
-from bb_lightning.lightning.cli import main
+from bb_lightning.app.cli import main
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "digits_bit_pruning.yaml"
 

@@ -11,8 +11,8 @@ from torch import nn
 import bb_lightning
 from bb_lightning import BayesianBits, BBConfigError, MixedPrecisionConfig, UnsupportedLayerError, apply_config
 from bb_lightning.config import WrapConfig
-from bb_lightning.lightning.data import DigitsDataModule
-from bb_lightning.lightning.module import TimmClassifier
+from bb_lightning.app.data import DigitsDataModule
+from bb_lightning.app.module import TimmClassifier
 from bb_lightning.methods.bayesian_bits import BayesianBitsConfig
 from bb_lightning.wrap.swap import apply_plan, plan_layers
 

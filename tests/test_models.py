@@ -8,7 +8,7 @@ import torch
 
 import bb_lightning  # noqa: F401  (registers the models)
 from bb_lightning.errors import BBConfigError
-from bb_lightning.lightning.module import TimmClassifier
+from bb_lightning.app.module import TimmClassifier
 
 
 @pytest.mark.parametrize(("name", "size"), [("bb_lenet5", (1, 28, 28)), ("bb_vgg7", (3, 32, 32))])

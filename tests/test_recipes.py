@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bb_lightning.lightning.cli import main
+from bb_lightning.app.cli import main
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 pytestmark = pytest.mark.timeout(600)
@@ -61,7 +61,7 @@ def test_recipe_parses_with_paper_settings(recipe, capsys):
     bb = cfg["trainer"]["callbacks"][-1]
     assert bb["class_path"] == "bb_lightning.BayesianBits"
     args = bb["init_args"]
-    assert (args["strength"], args["gate_init"], args["prune_init"]) == (mu, gate_init, 6.0)
+    assert (args["mu"], args["gate_init"], args["prune_init"]) == (mu, gate_init, 6.0)
     assert (args["gate_lr"], args["range_lr"], args["fold_bn"], args["regularizer"]) == (1e-3, 1e-3, "train", "bops")
     model = cfg["model"]
     assert (model["model_name"], model["optimizer"], model["lr_schedule"]) == (name, optimizer, schedule)
@@ -79,11 +79,11 @@ def test_recipe_parses_with_paper_settings(recipe, capsys):
 
 
 def test_strength_override_and_finetune_recipe_parse(capsys):
-    cfg = parse("cifar10_vgg7", capsys, "--trainer.callbacks.init_args.strength", "0.1")
-    assert cfg["trainer"]["callbacks"][-1]["init_args"]["strength"] == 0.1
+    cfg = parse("cifar10_vgg7", capsys, "--trainer.callbacks.init_args.mu", "0.1")
+    assert cfg["trainer"]["callbacks"][-1]["init_args"]["mu"] == 0.1
     cfg = parse("finetune_fixed", capsys)
     ft = cfg["trainer"]["callbacks"][-1]
-    assert ft["class_path"] == "bb_lightning.lightning.finetune.FixedGateFinetune"
+    assert ft["class_path"] == "bb_lightning.plugin.finetune.FixedGateFinetune"
     assert ft["init_args"]["range_lr"] == 1e-4
     model = cfg["model"]
     assert (model["optimizer"], model["lr"], model["lr_schedule"], model["lr_interval"]) == (
@@ -119,7 +119,7 @@ def test_cifar_search_then_finetune_from_its_checkpoint(tmp_path, capsys):
         "--model.model_name", "bb_vgg7",
         "--model.num_classes", "10",
         "--model.input_size", "[3, 32, 32]",
-        "--data", "bb_lightning.lightning.datasets.CIFAR10DataModule",
+        "--data", "bb_lightning.app.datasets.CIFAR10DataModule",
         "--data.init_args.fake_size", "4",
         "--data.init_args.batch_size", "2",
         "--data.init_args.num_workers", "0",  # jsonargparse keeps the recipe's ImageNet value otherwise
@@ -137,4 +137,4 @@ def test_every_recipe_is_covered_and_digits_stay_the_default_data(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--print_config"])
     cfg = yaml.safe_load(capsys.readouterr().out)
-    assert cfg["data"]["class_path"] == "bb_lightning.lightning.data.DigitsDataModule"
+    assert cfg["data"]["class_path"] == "bb_lightning.app.data.DigitsDataModule"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from test_recipes import FAST, RECIPES, SMALL_IMAGENET, parse
 
-from bb_lightning.lightning.cli import main
+from bb_lightning.app.cli import main
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -3,6 +3,7 @@ quantizers' maths. Everything deploy needs from elsewhere is re-exported here, s
 
 from __future__ import annotations
 
+from .._registry import register_hook
 from ..core.fake_quant import CLIP_SHRINK, FLOAT_BITS, effective_range, num_steps
 from ..core.fake_quant import scale as symmetric_scale
 from ..core.minmax import MIN_SPAN
@@ -30,6 +31,7 @@ __all__ = [
     "get_adapter",
     "is_wrapped",
     "num_steps",
+    "register_hook",
     "symmetric_scale",
     "unwrap_layer",
 ]

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from ..cost.report import cost_totals, layer_costs
+from ..cost.facts import cost_totals, layer_costs
+from ..cost.record import LayerRecord
 from ..methods.base import QuantizerBase
-from ..wrap.swap import LayerRecord
 from .config import MixedPrecisionConfig
 
 

@@ -41,15 +41,18 @@ or ``"group:<size>"``), ``"channel_bits"`` (one integer per output channel; ``bi
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._io import atomic_write
+from ..cost.facts import config_costs
 from ..errors import BBConfigError
+from .check import check_model
 
 FORMAT = "bb_lightning.mixed_precision_config"
 VERSION = 1
@@ -156,20 +159,6 @@ def _check_layer(name: str, d: Any) -> dict[str, Any]:
     return d
 
 
-def _publish_new(tmp: Path, path: Path) -> None:
-    """Give the finished ``tmp`` the name ``path`` unless that exists (atomically where hard links work)."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.") from None
-    except OSError:  # no hard links here (some network or FAT file systems)
-        if path.exists():
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.") from None
-        os.replace(tmp, path)
-        return
-    tmp.unlink()
-
-
 @dataclass
 class MixedPrecisionConfig:
     """Per-layer bit widths, ranges and kept channels of a searched model, plus totals. See the module docstring."""
@@ -241,37 +230,13 @@ class MixedPrecisionConfig:
             raise BBConfigError(f"Invalid MixedPrecisionConfig in {source}: {err}") from None
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write JSON atomically: a temporary file in the same folder, flushed to disk, then published under
-        ``path`` in one step, so a crash or a full disk never leaves a half-written file (nor a stray temporary).
-
-        Args:
-            path: the JSON file; missing parent folders are created.
-            overwrite: replace an existing file. Otherwise an existing ``path`` raises `FileExistsError`, also when
-                another process creates it while this one writes (the file is published with a hard link, which
-                fails if the name exists; on file systems without hard links, an existence check before renaming).
-
-        Returns:
-            ``path``.
-        """
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=2)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            if overwrite:
-                os.replace(tmp, path)
-            else:
-                _publish_new(Path(tmp), path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        """Write JSON atomically (`bb_lightning._io.atomic_write`: a crash or a full disk never leaves a half-written
+        file); missing parent folders are created. Without ``overwrite`` an existing ``path`` raises
+        `FileExistsError`, also when another process creates it while this one writes. Returns ``path``."""
+        text = io.StringIO()
+        json.dump(self.to_dict(), text, indent=2)
+        text.write("\n")
+        return atomic_write(path, text.getvalue(), overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: Any = None) -> MixedPrecisionConfig:
@@ -293,8 +258,6 @@ class MixedPrecisionConfig:
             raise BBConfigError(f"Invalid MixedPrecisionConfig in {path}: not JSON ({err}).") from None
         config = cls.from_dict(data, source=str(path))
         if model is not None:
-            from .apply import check_model
-
             try:
                 check_model(model, config)
             except BBConfigError as err:
@@ -303,23 +266,22 @@ class MixedPrecisionConfig:
 
     # ----- for humans ---------------------------------------------------------------------------------------
     def table(self) -> str:
-        """A fixed-width per-layer table: weight/input bits, kept channels, share of total BOPs."""
-        total = sum(float(layer["bops"]) for layer in self.layers.values()) or 1.0
-        width = max(12, *(len(n) for n in self.layers))
+        """A fixed-width per-layer table: weight/input bits, kept channels, share of total BOPs (`bb_lightning.cost.facts`)."""
+        costs = config_costs(self)
+        total = sum(c.bops for c in costs) or 1.0
+        width = max(12, *(len(c.name) for c in costs))
         head = f"{'layer':<{width}}  {'type':<16} {'w bits':>6} {'a bits':>6} {'kept':>11} {'MACs':>12} {'BOPs %':>7}"
         lines = [head, "-" * len(head)]
-        for name, layer in self.layers.items():
-            channels = layer["weight_shape"][0]
-            kept = channels if layer["kept_channels"] is None else len(layer["kept_channels"])
-            if layer["quantized"]:
+        for c, layer in zip(costs, self.layers.values()):
+            if c.quantized:
                 cb = layer["weight"].get("channel_bits")
-                w = f"{min(cb)}-{max(cb)}" if cb and min(cb) != max(cb) else str(layer["weight"]["bits"])
-                a = "-" if layer["input"] is None else str(layer["input"]["bits"])
+                w = f"{min(cb)}-{max(cb)}" if cb and min(cb) != max(cb) else str(c.w_bits)
+                a = "-" if layer["input"] is None else str(c.a_bits)
             else:
                 w, a = "float", "float"
             lines.append(
-                f"{name:<{width}}  {layer['type'][:16]:<16} {w:>6} {a:>6} {f'{kept}/{channels}':>11} "
-                f"{layer['macs']:>12,} {100.0 * float(layer['bops']) / total:>6.2f}%"
+                f"{c.name:<{width}}  {c.type[:16]:<16} {w:>6} {a:>6} {f'{c.kept}/{c.channels}':>11} "
+                f"{c.macs:>12,} {100.0 * c.bops / total:>6.2f}%"
             )
         t = self.totals
         lines.append("-" * len(head))

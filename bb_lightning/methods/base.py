@@ -1,13 +1,19 @@
-"""The interface every quantization method implements; the shared machinery calls nothing else.
+"""The two interfaces every quantization method implements; the shared machinery calls nothing else.
 
-A quantizer is attached either to a layer's weight (``role="weight"``; may own per-output-channel pruning state)
-or to a layer's input activation (``role="input"``). The wrapping, cost model, export and Lightning glue only use
-the methods below, so adding a method means adding a quantizer and its config, not changing the shared code.
+* `QuantizerBase`: attached either to a layer's weight (``role="weight"``; may own per-output-channel pruning state)
+  or to a layer's input activation (``role="input"``).
+* `Regularizer`: the method's training-time penalty over all quantizers of a model; the search callback, the
+  mixin and the monitor call only its methods.
+
+The wrapping, cost model, export and Lightning glue use only these, so adding a method means adding a folder
+(config, quantizer, regulariser) and registering it, not changing the shared code.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Mapping
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -147,6 +153,10 @@ class QuantizerBase(nn.Module):
         """This quantizer's regulariser term; ``cost_scale`` is its cost weight (e.g. ``MACs / MACs_max``)."""
         raise NotImplementedError
 
+    def penalty_key(self) -> Hashable:
+        """Quantizers with equal keys are summed together by `bb_lightning.cost.penalty.CostRegularizer`."""
+        return type(self)
+
     def log_details(self) -> dict[str, Tensor]:
         """Method-specific values worth watching during a search, for logging only (never in the hot path).
 
@@ -170,3 +180,46 @@ class QuantizerBase(nn.Module):
 
     def extra_repr(self) -> str:
         return f"role={self.role}, channels={self.num_channels}, signed={self._signed}"
+
+
+class Regularizer(ABC):
+    """A method's training-time regulariser over every quantizer of one wrapped model.
+
+    Built as ``cls(records, modules, cost, input_bits)`` (planned `bb_lightning.cost.record.LayerRecord` s, the
+    wrapped layers by name, the method's cost config, the bits of the unquantized network input).
+
+    Attributes:
+        cost: the config it was built from.
+        scale: the schedule's multiplier in ``[0, 1]`` (warm-up / ramp), set by the search callback every batch.
+    """
+
+    cost: Any
+    scale: float = 1.0
+
+    @abstractmethod
+    def __call__(self) -> Tensor:
+        """The term added to the training loss (0-dim, float32, differentiable; strength and ``scale`` applied).
+        Computing it changes no state."""
+
+    @abstractmethod
+    def raw(self) -> Tensor:
+        """The regulariser without strength and schedule (0-dim, differentiable)."""
+
+    @abstractmethod
+    def value(self) -> Tensor:
+        """The regulariser in the units the method reports (detached), for logging."""
+
+    @property
+    @abstractmethod
+    def strength(self) -> float | Tensor:
+        """The multiplier in effect (strength times ``scale``; a device tensor if it is learned)."""
+
+    def update(self) -> None:
+        """State update after each training loss (e.g. a dual ascent step); default: nothing."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What must survive a resume (plain tensors and numbers); default: nothing."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore `state_dict`."""

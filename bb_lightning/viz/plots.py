@@ -219,7 +219,7 @@ def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
 
 def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
     """Write ``fig`` as PNG atomically (temporary file + rename) and return the path."""
-    from ._io import atomic_write
+    from .._io import atomic_write
 
     return atomic_write(path, png_bytes(fig, dpi))
 

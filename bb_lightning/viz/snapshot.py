@@ -1,10 +1,10 @@
 """A method-agnostic per-layer snapshot of a wrapped model, and its history over a search.
 
-The snapshot reads only the shared interface: `LayerCost` (bits, MACs, kept channels) from `bb_lightning.cost.report`
+The snapshot reads only the shared interface: `LayerCost` (bits, MACs, kept channels) from `bb_lightning.cost.facts`
 and each quantizer's `QuantizerBase.log_details` (method-specific values, e.g. Bayesian Bits' gate probabilities).
 Detail columns are prefixed ``w_`` (weight quantizer) or ``a_`` (input quantizer).
 
->>> from bb_lightning.cost.report import LayerCost
+>>> from bb_lightning.cost.facts import LayerCost
 >>> snap = BitSnapshot([LayerSnapshot(LayerCost("fc", 100, 100, 4, 8, 5, 10), True, {"w_gate_4": 0.9})], {})
 >>> snap.columns(), snap.detail_columns()
 (['index', 'layer', 'macs', 'weight_bits', 'activation_bits', 'kept_channels', 'channels', 'bops_share', \
@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..cost.regularizer import CostRegularizer
-from ..cost.report import FLOAT_BITS, LayerCost, cost_totals, layer_costs
-from ..wrap.swap import LayerRecord
+from ..cost.facts import LayerCost, cost_totals, layer_costs
+from ..cost.record import LayerRecord
+from ..methods.base import Regularizer
 
 #: Scalar metric names (logged every validation epoch) and the `cost_totals` key each one reads.
 SCALAR_TOTALS = {
@@ -47,12 +47,12 @@ class LayerSnapshot:
     @property
     def weight_bits(self) -> int:
         """Weight bits, float counted as 32, 0 if every output channel is pruned."""
-        return min(int(self.cost.w_bits), FLOAT_BITS)
+        return self.cost.w_bits_counted
 
     @property
     def activation_bits(self) -> int:
         """Input bits, float counted as 32 (the first layer's unquantized input counts at ``input_bits``)."""
-        return min(int(self.cost.a_bits), FLOAT_BITS)
+        return self.cost.a_bits_counted
 
 
 @dataclass
@@ -120,7 +120,7 @@ def take_snapshot(
     records: list[LayerRecord],
     modules: Mapping[str, nn.Module],
     input_bits: int,
-    regularizer: CostRegularizer | None = None,
+    regularizer: Regularizer | None = None,
 ) -> BitSnapshot:
     """Snapshot the wrapped ``modules`` of the planned ``records`` (deterministic bits, as exported).
 

@@ -1,10 +1,12 @@
-"""Plan which layers to wrap (one counting forward pass) and apply the plan with a given method."""
+"""Plan which layers to wrap (one counting forward pass) and apply the plan with a given method.
+
+The plan is a list of `bb_lightning.cost.record.LayerRecord` (re-exported here).
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import warnings
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from torch import Tensor, nn
@@ -12,45 +14,12 @@ from torch import Tensor, nn
 from .._registry import get_method
 from ..config import FirstLayer, LastLayer, WrapConfig
 from ..cost.macs import count_macs
+from ..cost.record import LayerRecord
 from ..errors import BBConfigError
 from ..methods.base import QuantizerBase
 from .adapters import get_adapter, is_candidate
 from .bn_fold import find_bn_pairs, fold_pairs
 from .layers import is_wrapped, wrap_layer
-
-
-@dataclass
-class LayerRecord:
-    """One conv/linear layer of the plan. ``wrapped=False`` layers stay float but still count in the cost."""
-
-    name: str
-    type: str
-    weight_shape: tuple[int, ...]
-    macs: int
-    wrapped: bool
-    quantize_input: bool
-    prune: bool
-    is_first: bool = False
-    is_last: bool = False
-    input_numel: int = 0  # per-sample input elements (activation memory)
-    bn: str | None = None  #: name of the BatchNorm folded into this layer (see `bb_lightning.wrap.bn_fold`)
-    fold_bn: str = "none"  #: how it is folded: "train" or "static"
-
-    @property
-    def params(self) -> int:
-        n = 1
-        for d in self.weight_shape:
-            n *= d
-        return n
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["weight_shape"] = list(self.weight_shape)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LayerRecord:
-        return cls(**{**d, "weight_shape": tuple(d["weight_shape"])})
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
@@ -177,3 +146,6 @@ def apply_plan(
         wrap_layer(m, wq, iq)
         wrapped[rec.name] = m
     return wrapped
+
+
+__all__ = ["LayerRecord", "apply_plan", "plan_layers"]

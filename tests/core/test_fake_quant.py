@@ -466,7 +466,7 @@ def test_results_are_correct_across_calls():
 
 def test_host_fast_path_handles_channels_last_gradients():
     """Channels-last activations (ConvNeXt, MambaOut) give non-contiguous gradients to the CPU fast path."""
-    from bb_lightning.core.host_path import HostNested
+    from bb_lightning.methods.bayesian_bits.host_path import HostNested
 
     x = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last).requires_grad_()
     u = torch.tensor(1.5, requires_grad=True)
@@ -485,9 +485,9 @@ def test_host_fast_path_handles_channels_last_gradients():
 @pytest.mark.parametrize("bits", [(2, 4), (4, 8, 16), (8, 16, 32), (2, 4, 8, 16, 32)])
 def test_host_nested_matches_general_kernel(signed, bits):
     """The CPU multi-level node equals `_NestedQuantize` (outputs and gradients to x, u, level weights, prune gates)."""
-    from bb_lightning.core import hard_concrete as hc
+    from bb_lightning.methods.bayesian_bits import hard_concrete as hc
     from bb_lightning.core.fake_quant import _NestedQuantize
-    from bb_lightning.core.host_path import HostNested, channel_gates
+    from bb_lightning.methods.bayesian_bits.host_path import HostNested, channel_gates
 
     g = torch.Generator().manual_seed(len(bits) + signed)
     x = (torch.randn(6, 3, 2, 2, generator=g) * 1.2).requires_grad_()
@@ -511,7 +511,7 @@ def test_host_nested_matches_general_kernel(signed, bits):
 def test_negative_range_parameter_acts_as_its_magnitude(path):
     """A learned x_max that trained through 0 must not invert the range: u = |x_max|, du/dx_max = sign(x_max)."""
     from bb_lightning.core.fake_quant import _NestedQuantize, _SingleLevelQuantize
-    from bb_lightning.core.host_path import HostNested
+    from bb_lightning.methods.bayesian_bits.host_path import HostNested
 
     x = torch.linspace(-1.5, 1.5, 61)
     G = torch.randn(61, generator=torch.Generator().manual_seed(3))

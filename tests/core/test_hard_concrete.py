@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bb_lightning.core import hard_concrete as hc
+from bb_lightning.methods.bayesian_bits import hard_concrete as hc
 
 BETA, LOW, HIGH = 2.0 / 3.0, -0.1, 1.1
 C = BETA * math.log(-HIGH / LOW)  # beta * ln 11 = 1.59860...

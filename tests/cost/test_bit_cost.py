@@ -19,8 +19,8 @@ from torch import nn
 
 import bb_lightning  # noqa: F401  (registers the methods)
 from bb_lightning.config import WrapConfig
-from bb_lightning.cost.bit_cost import BitCostConfig, BitCostRegularizer
-from bb_lightning.cost.report import cost_totals, layer_costs
+from bb_lightning.methods.bit_pruning import BitCostConfig, BitCostRegularizer
+from bb_lightning.cost.facts import cost_totals, layer_costs
 from bb_lightning.errors import BBConfigError
 from bb_lightning.methods.bit_pruning import BitPruningConfig
 from bb_lightning.wrap.swap import apply_plan, plan_layers
@@ -154,6 +154,8 @@ def test_dual_ascent_moves_the_multiplier_and_survives_state_dict():
     reg = BitCostRegularizer(records, modules, cfg)
     first = reg()
     assert float(first) == pytest.approx(0.5 * 2.0, rel=1e-5)
+    assert float(reg.strength) == pytest.approx(0.5, rel=1e-5)  # computing the penalty changes no state
+    reg.update()  # the dual step (the search callback calls it once per training loss)
     first.backward()  # the in-place multiplier update must not break backward
     assert float(reg.strength) == pytest.approx(0.5 + 0.1 * (2.0 - 1.0), rel=1e-5)
     state = reg.state_dict()
@@ -163,6 +165,7 @@ def test_dual_ascent_moves_the_multiplier_and_survives_state_dict():
     under = BitCostRegularizer(records, modules, BitCostConfig(kind="bops", strength=0.05, target=cost * 4,
                                                                budget_mode="dual", dual_lr=1.0))
     under()
+    under.update()
     assert float(under.strength) == 0.0  # max(0, 0.05 + 1.0 * (0.25 - 1))
 
 

@@ -13,10 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from bb_lightning.config import CostConfig, WrapConfig
+from bb_lightning.config import WrapConfig
+from bb_lightning.cost.penalty import CostConfig
 from bb_lightning.cost.macs import count_macs
-from bb_lightning.cost.regularizer import CostRegularizer
-from bb_lightning.cost.report import LayerCost, cost_totals, layer_costs
+from bb_lightning.methods.bayesian_bits import BayesianBitsRegularizer as CostRegularizer
+from bb_lightning.cost.facts import LayerCost, cost_totals, layer_costs
 from bb_lightning.methods.bayesian_bits.config import BayesianBitsConfig
 from bb_lightning.wrap.swap import apply_plan, plan_layers
 

@@ -16,9 +16,10 @@ import torch
 from test_macs_bops import LENET_MACS, lenet5, pi, set_bits, vgg7
 
 import bb_lightning  # noqa: F401  (registers bb_lenet5, bb_vgg7)
-from bb_lightning.config import CostConfig, WrapConfig
-from bb_lightning.cost.regularizer import CostRegularizer
-from bb_lightning.cost.report import cost_totals, layer_costs
+from bb_lightning.config import WrapConfig
+from bb_lightning.cost.penalty import CostConfig
+from bb_lightning.methods.bayesian_bits import BayesianBitsRegularizer as CostRegularizer
+from bb_lightning.cost.facts import cost_totals, layer_costs
 from bb_lightning.methods.bayesian_bits.config import BayesianBitsConfig
 from bb_lightning.wrap.swap import apply_plan, plan_layers
 

@@ -16,8 +16,8 @@ import torch
 from bb_lightning import MixedPrecisionConfig, apply_config
 from bb_lightning.deploy import export_onnx, ort_session
 from bb_lightning.deploy.runs import find_run_files, load_run_model
-from bb_lightning.lightning.cli import main
-from bb_lightning.lightning.data import DigitsDataModule
+from bb_lightning.app.cli import main
+from bb_lightning.app.data import DigitsDataModule
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "digits_bayesian_bits.yaml"
 pytestmark = [pytest.mark.lightning_fit, pytest.mark.timeout(600)]
@@ -108,8 +108,8 @@ def test_onnxruntime_agrees_with_the_fake_quantized_model_on_the_whole_test_set(
 def test_fine_tune_callback_writes_model_onnx_in_its_log_dir(run_dir, tmp_path):
     import lightning.pytorch as pl
 
-    from bb_lightning.lightning.finetune import FixedGateFinetune
-    from bb_lightning.lightning.module import TimmClassifier
+    from bb_lightning.plugin.finetune import FixedGateFinetune
+    from bb_lightning.app.module import TimmClassifier
 
     files = find_run_files(run_dir)
     module = TimmClassifier("test_resnet", num_classes=10, in_chans=1, input_size=(1, 16, 16))

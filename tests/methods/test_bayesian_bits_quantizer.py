@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from bb_lightning.core.fake_quant import fake_quantize
 from bb_lightning.methods.bayesian_bits.config import BayesianBitsConfig
 from bb_lightning.methods.bayesian_bits.quantizer import BayesianBitsQuantizer
+from bb_lightning.methods.bayesian_bits.regularizer import batched_gate_penalty
 
 BETA, LOW, HIGH = 2.0 / 3.0, -0.1, 1.1
 C = BETA * math.log(11.0)
@@ -260,19 +261,19 @@ def test_batched_penalty_equals_sum_of_penalties():
     loop.backward()
     g_loop = _grads(qs)
     cache: dict = {}
-    batched = BayesianBitsQuantizer.batched_penalty(qs, scales, cache)
+    batched = batched_gate_penalty(qs, scales, cache)
     assert batched.item() == pytest.approx(ref, rel=1e-5)
     batched.backward()
     for a, b in zip(_grads(qs), g_loop):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
     # second call with the cache: same value; frozen quantizers then drop out
-    assert BayesianBitsQuantizer.batched_penalty(qs, scales, cache).item() == pytest.approx(ref, rel=1e-5)
+    assert batched_gate_penalty(qs, scales, cache).item() == pytest.approx(ref, rel=1e-5)
     qs[1].freeze()
     ref_frozen = ref - ref_penalty(qs[1].log_alpha.detach(), CHAIN, scales[1])
-    assert BayesianBitsQuantizer.batched_penalty(qs, scales, cache).item() == pytest.approx(ref_frozen, rel=1e-5)
+    assert batched_gate_penalty(qs, scales, cache).item() == pytest.approx(ref_frozen, rel=1e-5)
     for q in qs:
         q.freeze()
-    assert BayesianBitsQuantizer.batched_penalty(qs, scales, cache).item() == 0.0
+    assert batched_gate_penalty(qs, scales, cache).item() == 0.0
 
 
 @pytest.mark.parametrize("group", ["only_unpruned", "only_pruned"])
@@ -283,7 +284,7 @@ def test_batched_penalty_homogeneous_groups(group):
     keep = [i for i, q in enumerate(qs) if (q.prune_log_alpha is None) == (group == "only_unpruned")]
     qs, scales = [qs[i] for i in keep], [scales[i] for i in keep]
     expected = sum(q.penalty(s).item() for q, s in zip(qs, scales))
-    assert BayesianBitsQuantizer.batched_penalty(qs, scales, {}).item() == pytest.approx(expected, rel=1e-5)
+    assert batched_gate_penalty(qs, scales, {}).item() == pytest.approx(expected, rel=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import pytest
 import torch
 from quant_refs import ref_fractional, ref_minmax
 
-from bb_lightning.core.minmax import fractional_quantize, minmax_quantize, minmax_quantize_reference
+from bb_lightning.core.minmax import minmax_quantize, minmax_quantize_reference
+from bb_lightning.methods.bit_pruning.kernels import fractional_quantize
 from bb_lightning.errors import BBConfigError
 from bb_lightning.methods.bit_pruning import BitPruningConfig, BitPruningQuantizer
 

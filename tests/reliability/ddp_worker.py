@@ -15,8 +15,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from bb_lightning.lightning.callback import QuantizationCallback
-from bb_lightning.lightning.state import get_state
+from bb_lightning.plugin.search import QuantizationSearch
+from bb_lightning.plugin.state import get_state
 
 
 class Probe(pl.Callback):
@@ -53,7 +53,7 @@ class Probe(pl.Callback):
             }
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        cb = next(c for c in trainer.callbacks if isinstance(c, QuantizationCallback))
+        cb = next(c for c in trainer.callbacks if isinstance(c, QuantizationSearch))
         record = {
             "rank": trainer.global_rank,
             "world_size": trainer.world_size,
@@ -70,8 +70,8 @@ class Probe(pl.Callback):
 def main(out_dir: str, method: str, strategy_name: str, finetune_epochs: str = "0") -> None:
     from lightning.pytorch.strategies import DDPStrategy
 
-    from bb_lightning.lightning.data import DigitsDataModule
-    from bb_lightning.lightning.module import TimmClassifier
+    from bb_lightning.app.data import DigitsDataModule
+    from bb_lightning.app.module import TimmClassifier
     from reliability.methods import METHODS
 
     out = Path(out_dir)

@@ -1,6 +1,6 @@
 """The quantization methods every reliability test runs with: ONE place to add a method.
 
-Each entry maps a method name to a factory ``(**overrides) -> QuantizationCallback``. A factory must accept
+Each entry maps a method name to a factory ``(**overrides) -> QuantizationSearch``. A factory must accept
 ``strength``, ``gate_lr``, ``export_path``, ``overwrite_export``, ``finetune_epochs`` and ``low_gates`` (bool: start
 some gates switched off, so that skipped levels are exercised) and build a callback that fits `tiny_module` on the
 digits (1x16x16 inputs). To add BitPruning, add one entry.
@@ -12,10 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 from bb_lightning import BayesianBits, BitPruning
-from bb_lightning.lightning.callback import QuantizationCallback
+from bb_lightning.plugin.search import QuantizationSearch
 
 
-def _bayesian_bits(low_gates: bool = False, **kw: Any) -> QuantizationCallback:
+def _bayesian_bits(low_gates: bool = False, **kw: Any) -> QuantizationSearch:
     kw.setdefault("strength", 0.1)
     kw.setdefault("gate_lr", 1e-2)
     if low_gates:
@@ -27,7 +27,7 @@ def _bayesian_bits(low_gates: bool = False, **kw: Any) -> QuantizationCallback:
     return BayesianBits(**kw)
 
 
-def _bit_pruning(low_gates: bool = False, gate_lr: float = 0.05, **kw: Any) -> QuantizationCallback:
+def _bit_pruning(low_gates: bool = False, gate_lr: float = 0.05, **kw: Any) -> QuantizationSearch:
     kw.setdefault("strength", 0.1)
     if low_gates:
         # every site at the 2-bit floor: the integer grid is exact (a = 0) and the bound projection is exercised
@@ -39,7 +39,7 @@ def _bit_pruning(low_gates: bool = False, gate_lr: float = 0.05, **kw: Any) -> Q
     return BitPruning(bit_lr=gate_lr, **kw)
 
 
-METHODS: dict[str, Callable[..., QuantizationCallback]] = {
+METHODS: dict[str, Callable[..., QuantizationSearch]] = {
     "bayesian_bits": _bayesian_bits,
     "bit_pruning": _bit_pruning,
 }

@@ -13,7 +13,7 @@ import pytest
 from lightning.pytorch.strategies import FSDPStrategy
 
 from bb_lightning import BBConfigError, MixedPrecisionConfig
-from bb_lightning.lightning.state import get_state
+from bb_lightning.plugin.state import get_state
 from reliability.common import tiny_module
 from reliability.methods import METHODS
 

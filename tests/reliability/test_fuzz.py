@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from bb_lightning import BayesianBits, BBConfigError, MixedPrecisionConfig
-from bb_lightning.config import CostConfig, WrapConfig
+from bb_lightning.config import WrapConfig
+from bb_lightning.cost.penalty import CostConfig
 from bb_lightning.core.fake_quant import CLIP_SHRINK, MIN_RANGE, fake_quantize, nested_quantize
 from bb_lightning.errors import NonFiniteError
 from bb_lightning.methods.bayesian_bits import BayesianBitsConfig, BayesianBitsQuantizer
@@ -215,7 +216,7 @@ def test_callback_arguments(kwargs):
 RECIPE = {
     "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "logger": False},
     "model": {"model_name": "test_resnet", "num_classes": 10, "in_chans": 1, "input_size": [1, 16, 16]},
-    "data": {"class_path": "bb_lightning.lightning.data.DigitsDataModule", "init_args": {"image_size": 16}},
+    "data": {"class_path": "bb_lightning.app.data.DigitsDataModule", "init_args": {"image_size": 16}},
 }
 CALLBACK = {"regularizer": "bops", "strength": 0.05, "bits": [2, 4, 8, 16, 32], "gate_lr": 0.01}
 
@@ -235,9 +236,9 @@ CALLBACK = {"regularizer": "bops", "strength": 0.05, "bits": [2, 4, 8, 16, 32], 
 def test_recipe_yaml_mutations_give_clear_errors(tmp_path_factory, capsys, key, action, value):
     import yaml
 
-    from bb_lightning.lightning.cli import BBLightningCLI
-    from bb_lightning.lightning.data import DigitsDataModule
-    from bb_lightning.lightning.module import TimmClassifier
+    from bb_lightning.app.cli import BBLightningCLI
+    from bb_lightning.app.data import DigitsDataModule
+    from bb_lightning.app.module import TimmClassifier
 
     args = dict(CALLBACK)
     if action == "delete":

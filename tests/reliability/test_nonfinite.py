@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from bb_lightning.errors import NonFiniteError
-from bb_lightning.lightning.state import get_state
+from bb_lightning.plugin.state import get_state
 from bb_lightning.methods.bayesian_bits import BayesianBitsConfig, BayesianBitsQuantizer
 from reliability.common import digits, tiny_module, trainer
 from reliability.methods import METHODS

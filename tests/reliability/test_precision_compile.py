@@ -10,7 +10,7 @@ import torch
 
 from bb_lightning import MixedPrecisionConfig
 from bb_lightning.config import WrapConfig
-from bb_lightning.lightning.state import get_state
+from bb_lightning.plugin.state import get_state
 from bb_lightning.methods.bayesian_bits import BayesianBitsConfig
 from bb_lightning.wrap.swap import apply_plan, plan_layers
 from reliability.common import digits, tiny_module, trainer

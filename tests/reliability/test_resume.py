@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from bb_lightning.lightning.callback import QuantizationCallback
-from bb_lightning.lightning.data import DigitsDataModule
-from bb_lightning.lightning.state import get_state
+from bb_lightning.plugin.search import QuantizationSearch
+from bb_lightning.app.data import DigitsDataModule
+from bb_lightning.plugin.state import get_state
 from reliability.common import tiny_module, trainer
 from reliability.methods import METHODS
 
@@ -44,7 +44,7 @@ def snapshot(trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, Any]:
         host[i].update(frozen=q.frozen, hard_bits=q.hard_bits())
         mask = q.keep_mask()
         host[i]["keep"] = None if mask is None else mask.tolist()
-    cb = next(c for c in trainer.callbacks if isinstance(c, QuantizationCallback))
+    cb = next(c for c in trainer.callbacks if isinstance(c, QuantizationSearch))
     return {
         "tensors": {k: v.detach().clone() for k, v in module.state_dict().items()},
         "requires_grad": {n: p.requires_grad for n, p in module.named_parameters()},

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bb_lightning import CostRegularizerMixin, MixedPrecisionConfig, apply_config
-from bb_lightning.lightning.data import DigitsDataModule
-from bb_lightning.lightning.state import get_state
+from bb_lightning.app.data import DigitsDataModule
+from bb_lightning.plugin.state import get_state
 from reliability.common import trainer
 from reliability.methods import METHODS
 

@@ -13,13 +13,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from bb_lightning.config import CostConfig, WrapConfig
-from bb_lightning.cost.regularizer import CostRegularizer
-from bb_lightning.cost.report import cost_totals, layer_costs
+from bb_lightning.config import WrapConfig
+from bb_lightning.cost.penalty import CostConfig
+from bb_lightning.methods.bayesian_bits import BayesianBitsRegularizer as CostRegularizer
+from bb_lightning.cost.facts import cost_totals, layer_costs
 from bb_lightning.methods.bayesian_bits import BayesianBitsConfig, BayesianBitsQuantizer
 from bb_lightning.methods.fixed import FixedQuantizer
 from bb_lightning.viz import plots
-from bb_lightning.viz.report import pareto_front
+from bb_lightning.app.report import pareto_front
 from bb_lightning.viz.snapshot import BitHistory, take_snapshot
 from bb_lightning.wrap.swap import apply_plan, plan_layers
 
@@ -189,7 +190,7 @@ def test_missing_wandb_gives_install_hint(monkeypatch):
 
     from lightning.pytorch.loggers import WandbLogger
 
-    from bb_lightning.lightning.monitor import BitMonitor
+    from bb_lightning.plugin.monitor import BitMonitor
     from bb_lightning.viz.wandb_objects import require_wandb
 
     logger = WandbLogger(offline=True)  # needs wandb to construct; then wandb "disappears"
@@ -209,7 +210,7 @@ def test_rich_objects_only_on_rank_zero_and_never_with_step(monkeypatch):
     from lightning.pytorch.loggers import WandbLogger
     from lightning.pytorch.utilities import rank_zero_only
 
-    from bb_lightning.lightning.monitor import BitMonitor
+    from bb_lightning.plugin.monitor import BitMonitor
 
     _, records, modules, wrap, _ = _wrapped()
     snap = take_snapshot(records, modules, wrap.input_bits)

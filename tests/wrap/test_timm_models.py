@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import bb_lightning  # noqa: F401  (registers the methods)
-from bb_lightning.config import CostConfig, WrapConfig
-from bb_lightning.cost.regularizer import CostRegularizer
+from bb_lightning.config import WrapConfig
+from bb_lightning.cost.penalty import CostConfig
+from bb_lightning.methods.bayesian_bits import BayesianBitsRegularizer as CostRegularizer
 from bb_lightning.export import MixedPrecisionConfig, apply_config, build_config
 from bb_lightning.methods.bayesian_bits import BayesianBitsConfig
 from bb_lightning.methods.fixed import FixedQuantizer

@@ -7,8 +7,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ...core.hard_concrete import EVAL_THRESHOLD
-from ...errors import BBConfigError
+from .hard_concrete import EVAL_THRESHOLD
+from ..._validate import boolean, fail, finite
 
 
 def _is_number(v: object) -> bool:
@@ -44,13 +44,11 @@ class BayesianBitsConfig:
         if isinstance(self.bits, (str, bytes)) or not isinstance(self.bits, Sequence) or not all(
             isinstance(b, int) and not isinstance(b, bool) for b in self.bits
         ):
-            raise BBConfigError(f"Expected argument `bits` to be a sequence of ints like (2, 4, 8, 16, 32), got {self.bits!r}.")
+            raise fail("bits", "a sequence of ints like (2, 4, 8, 16, 32)", self.bits)
         bits = tuple(int(b) for b in self.bits)
         if len(bits) < 2 or bits[0] != 2 or any(b2 != 2 * b1 for b1, b2 in zip(bits, bits[1:])) or bits[-1] > 32:
-            raise BBConfigError(
-                "Expected argument `bits` to be a doubling chain starting at 2 and ending at most at 32 "
-                f"(e.g. (2, 4, 8, 16, 32) or (2, 4, 8)), but got {tuple(self.bits)}."
-            )
+            raise fail("bits", "a doubling chain starting at 2 and ending at most at 32 (e.g. (2, 4, 8, 16, 32) or "
+                       "(2, 4, 8))", tuple(self.bits))
         self.bits = bits
         n = len(bits) - 1
         if self.gate_init is None:
@@ -64,26 +62,19 @@ class BayesianBitsConfig:
                 or isinstance(self.gate_init, (str, bytes))
                 or not all(_is_number(v) for v in self.gate_init)
             ):
-                raise BBConfigError(
-                    f"Expected argument `gate_init` to be one float or {n} floats, but got {self.gate_init!r}."
-                )
+                raise fail("gate_init", f"one float or {n} floats", self.gate_init)
             init = tuple(float(v) for v in self.gate_init)
             if len(init) != n:
-                raise BBConfigError(
-                    f"Expected argument `gate_init` to be one float or {n} floats (one per doubling gate "
-                    f"{list(bits[1:])}), but got {tuple(self.gate_init)}."
-                )
+                raise fail("gate_init", f"one float or {n} floats (one per doubling gate {list(bits[1:])})",
+                           tuple(self.gate_init))
         if not all(math.isfinite(v) for v in init):
-            raise BBConfigError(f"Expected argument `gate_init` to be finite, but got {self.gate_init!r}.")
+            raise fail("gate_init", "finite", self.gate_init)
         self._gate_init = init
         if not _is_number(self.eval_threshold) or not 0.0 < self.eval_threshold < 1.0:
-            raise BBConfigError(f"Expected argument `eval_threshold` in (0, 1), but got {self.eval_threshold!r}.")
-        if not isinstance(self.prune, bool):
-            raise BBConfigError(f"Expected argument `prune` to be true or false, but got {self.prune!r}.")
-        for name in ("prune_init", "gate_cutoff"):
-            value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value):
-                raise BBConfigError(f"Expected argument `{name}` to be a finite float, but got {value!r}.")
+            raise fail("eval_threshold", "in (0, 1)", self.eval_threshold)
+        self.prune = boolean("prune", self.prune)
+        self.prune_init = finite("prune_init", self.prune_init)
+        self.gate_cutoff = finite("gate_cutoff", self.gate_cutoff)
 
     @property
     def gate_inits(self) -> tuple[float, ...]:

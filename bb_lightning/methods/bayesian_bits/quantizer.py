@@ -9,7 +9,8 @@ with ``e_{2b} = Q_{2b}(x_c) - Q_b(x_c)`` the residual of the ungated lower recon
 cumulative gate product up to ``b`` (``g_2 = 1``), this equals ``z_2 * sum_b (g_b - g_{2b}) * Q_b(x_c)``: a convex
 combination of direct ``b``-bit quantizations. Levels whose weight is exactly 0 and that no fractional gate's gradient
 needs are not computed (on CPU this is decided per step from the sampled gates, which costs no device sync; on
-accelerators only levels cut off by ``gate_cutoff`` are skipped, from a host-side copy refreshed by the callback).
+accelerators only levels cut off by ``gate_cutoff`` are skipped, from a host-side copy refreshed whenever the module
+switches train/eval mode or loads a state dict).
 """
 
 from __future__ import annotations
@@ -19,16 +20,14 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..._registry import register_method
-from ...errors import NonFiniteError
-from ...core import hard_concrete as hc
-from ...core.host_path import HostNested, channel_gates, host_sample
 from ...core.fake_quant import nested_quantize
+from ...errors import NonFiniteError
 from ..base import QuantizerBase, Role
+from . import hard_concrete as hc
 from .config import BayesianBitsConfig
+from .host_path import HostNested, channel_gates, host_sample
 
 
-@register_method("bayesian_bits", config=BayesianBitsConfig)
 class BayesianBitsQuantizer(QuantizerBase):
     """Gated residual quantizer for one weight or input tensor.
 
@@ -77,7 +76,8 @@ class BayesianBitsQuantizer(QuantizerBase):
         return int(self._alive().sum())
 
     def refresh_host_state(self) -> None:
-        """Re-read which doubling gates are cut off (one device sync); used on accelerators between epochs."""
+        """Re-read which doubling gates are cut off (one device sync); done on every ``train()``/``eval()`` switch
+        and state-dict load, so plain-PyTorch users of the wrapping get it too."""
         self._host_alive = self._count_alive()
 
     def _on_state_loaded(self) -> None:
@@ -86,6 +86,7 @@ class BayesianBitsQuantizer(QuantizerBase):
 
     def train(self, mode: bool = True) -> BayesianBitsQuantizer:
         self._det_key = None  # also catches writes through `.data`, which do not bump tensor versions
+        self.refresh_host_state()
         return super().train(mode)
 
     def _deterministic_state(self, cached: bool = True) -> tuple[int, Tensor | None]:
@@ -223,52 +224,9 @@ class BayesianBitsQuantizer(QuantizerBase):
             return hc.prob_nonzero(self.prune_log_alpha).mean() * (cost_scale * self.bits[0] + doubling)
         return 1.0 + doubling
 
-    @staticmethod
-    def batched_penalty(
-        quantizers: list[BayesianBitsQuantizer], scales: list[float], cache: dict | None = None
-    ) -> Tensor:
-        """``sum_k penalty_k(scale_k)`` for many quantizers with one bit chain, in a handful of tensor ops.
-
-        Same value and gradients as summing `penalty`; frozen quantizers contribute 0. ``cache`` (owned by the
-        caller) keeps the constant index tensors on the device between calls.
-        """
-        active = [i for i, q in enumerate(quantizers) if not q.frozen]
-        if not active:
-            return quantizers[0].log_alpha.new_zeros(())
-        bits = quantizers[0]._bits_f
-        key = (tuple(active), bits.device)
-        const = None if cache is None else cache.get(key)
-        if const is None:
-            qs = [quantizers[i] for i in active]
-            pruned = [i for i, q in enumerate(qs) if q.prune_log_alpha is not None]
-            sizes = [qs[i].prune_log_alpha.numel() for i in pruned]
-            dev = bits.device
-            const = {
-                "scale": torch.tensor([scales[i] for i in active], dtype=torch.float32, device=dev),
-                "plain": torch.tensor(
-                    [i for i, q in enumerate(qs) if q.prune_log_alpha is None], dtype=torch.long, device=dev
-                ),
-                "pruned": torch.tensor(pruned, dtype=torch.long, device=dev),
-                "sizes": torch.tensor(sizes, dtype=torch.float32, device=dev),
-                "seg": torch.repeat_interleave(
-                    torch.arange(len(sizes), device=dev), torch.tensor(sizes, dtype=torch.long, device=dev)
-                ),
-            }
-            if cache is not None:
-                cache.clear()
-                cache[key] = const
-        qs = [quantizers[i] for i in active]
-        scale = const["scale"]
-        cum = torch.cumprod(hc.prob_nonzero(torch.stack([q.log_alpha for q in qs])), 1)  # [Q, K]
-        doubling = scale * (cum @ bits[1:])  # [Q]
-        total = doubling[const["plain"]].sum() + float(const["plain"].numel())
-        if const["pruned"].numel():
-            p = torch.cat([q.prune_log_alpha for q in qs if q.prune_log_alpha is not None])
-            pi = hc.prob_nonzero(p)
-            mean = pi.new_zeros(const["sizes"].numel()).index_add(0, const["seg"], pi) / const["sizes"]
-            idx = const["pruned"]
-            total = total + torch.dot(mean, scale[idx] * bits[0] + doubling[idx])
-        return total
+    def penalty_key(self) -> tuple:
+        """Quantizers with one bit chain are summed together (`bb_lightning.methods.bayesian_bits.regularizer`)."""
+        return (type(self), self.bits)
 
     def hard_bits(self) -> int:
         n_on, mask = self._deterministic_state(cached=False)

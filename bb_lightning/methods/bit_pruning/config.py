@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from enum import Enum
 
-from ...config import _enum
+from ..._validate import enum_value, int_at_least, number_in
 from ...errors import BBConfigError
 
 
@@ -20,12 +20,6 @@ class Rounding(str, Enum):
     CEIL = "ceil"  #: ``ceil(n - rounding_eps)``: conservative, never loses more than ``rounding_eps`` bits
     ROUND = "round"  #: nearest integer
     FLOOR = "floor"  #: ``floor(n)``: aggressive
-
-
-def _number(name: str, value: object, lo: float = -math.inf, hi: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise BBConfigError(f"Expected argument `{name}` to be a number in [{lo}, {hi}], but got {value!r}.")
-    return float(value)
 
 
 @dataclass
@@ -53,14 +47,13 @@ class BitPruningConfig:
     ema_momentum: float = 0.9
 
     def __post_init__(self) -> None:
-        self.min_bits = _number("min_bits", self.min_bits, 1, 16)
-        self.max_bits = _number("max_bits", self.max_bits, 1, 16)
+        self.min_bits = number_in("min_bits", self.min_bits, 1, 16)
+        self.max_bits = number_in("max_bits", self.max_bits, 1, 16)
         if self.max_bits < self.min_bits:
             raise BBConfigError(f"Expected `min_bits` <= `max_bits`, but got {self.min_bits} > {self.max_bits}.")
-        self.init_bits = _number("init_bits", self.init_bits, self.min_bits, self.max_bits)
-        self.weight_granularity = _enum(Granularity, "weight_granularity", self.weight_granularity)
-        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
-            raise BBConfigError(f"Expected argument `group_size` to be an int >= 1, but got {self.group_size!r}.")
-        self.rounding = _enum(Rounding, "rounding", self.rounding)
-        self.rounding_eps = _number("rounding_eps", self.rounding_eps, 0.0, 0.5)
-        self.ema_momentum = _number("ema_momentum", self.ema_momentum, 0.0, 0.9999)
+        self.init_bits = number_in("init_bits", self.init_bits, self.min_bits, self.max_bits)
+        self.weight_granularity = enum_value(Granularity, "weight_granularity", self.weight_granularity)
+        self.group_size = int_at_least("group_size", self.group_size, 1)
+        self.rounding = enum_value(Rounding, "rounding", self.rounding)
+        self.rounding_eps = number_in("rounding_eps", self.rounding_eps, 0.0, 0.5)
+        self.ema_momentum = number_in("ema_momentum", self.ema_momentum, 0.0, 0.9999)

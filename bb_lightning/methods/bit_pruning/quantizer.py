@@ -1,7 +1,7 @@
 """BitPruning quantizer: a learned real bitlength ``n`` per tensor (or per output channel / group) on a min-max grid.
 
-Training uses the interpolated quantizer ``Q_n`` of `bb_lightning.core.minmax.fractional_quantize`; evaluation and
-the frozen (fine-tuning) phase use the integer grid at the rounded bitlength, i.e. exactly what is exported.
+Training uses the interpolated quantizer ``Q_n`` of `bb_lightning.methods.bit_pruning.kernels.fractional_quantize`;
+evaluation and the frozen (fine-tuning) phase use the integer grid at the rounded bitlength, i.e. exactly what is exported.
 Ranges are statistics, not parameters (spec 1.2): weights use their live min/max (per output channel when the
 bitlength is per channel or group), input activations a running (EMA) min/max updated in training and fixed in
 evaluation.
@@ -14,14 +14,12 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..._registry import register_method
-from ...core.minmax import fractional_quantize, minmax_quantize
-from ...cost.bit_cost import BitCostConfig, BitCostRegularizer
+from ...core.minmax import minmax_quantize
 from ..base import QuantizerBase, Role
 from .config import BitPruningConfig, Granularity, Rounding
+from .kernels import fractional_quantize
 
 
-@register_method("bit_pruning", config=BitPruningConfig, cost_config=BitCostConfig, regularizer=BitCostRegularizer)
 class BitPruningQuantizer(QuantizerBase):
     """Min-max quantizer with a learned bitlength for one weight or input tensor.
 

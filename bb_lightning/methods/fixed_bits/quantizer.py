@@ -1,0 +1,32 @@
+"""``FixedBitsQuantizer``: a fixed bit width with a range learned from data, like the ranges of Bayesian Bits."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..base import Role
+from ..fixed import FixedQuantizer
+from .config import FixedBitsConfig
+
+
+class FixedBitsQuantizer(FixedQuantizer):
+    """`FixedQuantizer` whose range is initialised from data (weights: now; inputs: first training batch) and learned
+    with straight-through gradients."""
+
+    def __init__(
+        self, config: FixedBitsConfig, role: Role, num_channels: int | None = None, prune: bool | None = None
+    ) -> None:
+        super().__init__(role, config.weight_bits if role == "weight" else config.input_bits, False, 1.0)
+        self.initialized.fill_(False)
+        self._initialized = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._initialized:
+            if not self.training:
+                return x  # not calibrated yet: pass through
+            self.init_range(x)
+        return super().forward(x)
+
+    def penalty(self, cost_scale: float) -> Tensor:
+        return torch.zeros((), device=self.x_max.device)

@@ -1,0 +1,152 @@
+"""``BayesianBits`` and ``BitPruning``: presets of `QuantizationSearch` that build the method's two configs.
+
+Each preset takes only its method's own arguments; everything shared (which layers, first/last-layer policies,
+BatchNorm folding, the warm-up / ramp / fine-tune schedule, ``group_lrs``, the export, ``model_attr``,
+``input_size``) is a keyword argument of `QuantizationSearch`, documented there once and named the same for every
+method. The two regulariser knobs have different names because they have different units: Bayesian Bits' ``mu``
+multiplies the paper's sum of gate penalties, BitPruning's ``strength`` a cost expressed as a fraction of its
+float32 value.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from .. import _validate as v
+from ..cost.penalty import CostConfig
+from ..methods.bayesian_bits import BayesianBitsConfig
+from ..methods.bayesian_bits.hard_concrete import EVAL_THRESHOLD
+from ..methods.bit_pruning import BitCostConfig, BitPruningConfig
+from .search import QuantizationSearch
+
+
+def _group_lrs(group_lrs: Any, **named: float | None) -> Any:
+    """``group_lrs`` with the preset's ``<group>_lr`` shorthands merged in (shorthands win)."""
+    lrs = dict(group_lrs) if isinstance(group_lrs, dict) else group_lrs
+    for arg, value in named.items():
+        if value is not None:
+            lrs = {**(lrs or {}), arg: v.positive(f"{arg.rstrip('s')}_lr", value)}
+    return lrs
+
+
+class BayesianBits(QuantizationSearch):
+    """Learn mixed-precision quantization and channel pruning of a timm model with Bayesian Bits.
+
+    Every quantized tensor gets a 2-bit base grid plus hard-concrete gated residuals at 4, 8, 16 and 32 bits, and
+    weights a 0-bit gate per output channel (pruning). The regulariser is ``mu * sum_k R_k`` with the cost-weighted
+    gate penalties ``R_k`` of spec 3.2 (`bb_lightning.methods.bayesian_bits.regularizer`). Gates are fixed
+    deterministically at the end of ``fit`` (``P(z = 0) < eval_threshold``).
+
+    Args:
+        mu: the paper's regulariser strength (>= 0; reference values 0.01 .. 0.2): loss = task loss +
+            ``mu * sum_k R_k``, where ``R_k`` counts expected bits times the layer's cost weight.
+        regularizer: cost weight of each quantizer: ``"bops"`` (``MACs / max MACs``) or ``"memory"``
+            (``params / max params``, weights only).
+        prune: per-output-channel 0-bit gates on weights.
+        bits: the doubling chain, starting at 2 (``(2, 4, 8, 16, 32)``; 32 = float).
+        gate_init: initial ``log_alpha`` of the doubling gates: one float or one per gate; ``None`` = 6 for each,
+            except -6 (cut off for good) for a 32-bit gate, i.e. the search starts at w16a16.
+        prune_init: initial ``log_alpha`` of the pruning gates.
+        gate_cutoff: a doubling gate at ``log_alpha <= gate_cutoff`` is switched off with all higher ones (ref: -2).
+        eval_threshold: a gate is on at evaluation iff ``P(z = 0) < eval_threshold`` (ref: 0.34).
+        gate_lr: learning rate of the ``"gates"`` group (shorthand for ``group_lrs["gates"]``; default 1e-3).
+        range_lr: learning rate of the ``"ranges"`` group (default 1e-3).
+        strength: deprecated name of ``mu``.
+        **kwargs: the shared arguments of `QuantizationSearch` (targets, schedule, export, ...).
+
+    References:
+        van Baalen et al., "Bayesian Bits: Unifying Quantization and Pruning", NeurIPS 2020.
+    """
+
+    def __init__(
+        self,
+        mu: float = 0.01,
+        regularizer: str = "bops",
+        prune: bool = True,
+        bits: Sequence[int] = (2, 4, 8, 16, 32),
+        gate_init: float | Sequence[float] | None = None,
+        prune_init: float = 6.0,
+        gate_cutoff: float = -2.0,
+        eval_threshold: float = EVAL_THRESHOLD,
+        gate_lr: float | None = None,
+        range_lr: float | None = None,
+        strength: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if strength is not None:
+            warnings.warn("`BayesianBits(strength=...)` is now called `mu`.", FutureWarning, stacklevel=2)
+            mu = v.non_negative("strength", strength)
+        method = BayesianBitsConfig(
+            bits=bits, gate_init=gate_init, prune=prune, prune_init=prune_init, gate_cutoff=gate_cutoff,
+            eval_threshold=eval_threshold,
+        )
+        cost = CostConfig(kind=regularizer, strength=v.non_negative("mu", mu))
+        group_lrs = _group_lrs(kwargs.pop("group_lrs", None), gates=gate_lr, ranges=range_lr)
+        super().__init__(method, cost, group_lrs=group_lrs, **kwargs)
+
+
+class BitPruning(QuantizationSearch):
+    """Learn a real-valued bitlength per weight and input tensor (or per output channel) of a timm model.
+
+    Each site is quantized on a min-max grid; during the search its bitlength ``n`` blends the ``floor(n)``- and
+    ``floor(n)+1``-bit grids (straight-through rounding), and the regulariser pushes ``n`` down in proportion to the
+    chosen cost. Validation uses the rounded bitlengths (what will be exported). When the bit widths are fixed (the
+    ``finetune_epochs`` tail, or the end of ``fit``) they are rounded (``rounding``). The exported config holds
+    integer bitlengths (any integer), min-max ranges and, per channel, one bitlength and range per output channel.
+
+    Args:
+        strength: weight of the cost in the loss, per unit of cost *as a fraction of its float32 value* (1.0 = the
+            whole fp32 cost): loss = task loss + ``strength * cost / cost_fp32`` (or, with ``budget_mode="dual"``,
+            the initial multiplier).
+        regularizer: ``"bops"``, ``"average_bits"``, ``"weight_memory"``, ``"activation_memory"``,
+            ``"bitserial_weight"`` or ``"bitserial_activation"``.
+        target: optional budget: bits for ``"average_bits"``, else a fraction of float32 (``1/64`` = w4a4 BOPs).
+        budget_mode: ``"hinge"`` (``strength * relu(cost/target - 1)^2``) or ``"dual"`` (dual ascent).
+        dual_lr: step size of the dual ascent per training step.
+        init_bits: initial bitlength of every site (spec: 8).
+        min_bits: lower bound of the bitlengths (spec: 2; at least 1).
+        max_bits: upper bound of the bitlengths (spec: 8; at most 16).
+        weight_granularity: ``"tensor"``, ``"channel"`` or ``"group"`` (weights; inputs are per tensor).
+        group_size: output channels sharing one bitlength with ``"group"``.
+        rounding: ``"ceil"`` (``ceil(n - rounding_eps)``, default), ``"round"`` or ``"floor"``.
+        rounding_eps: slack of ``"ceil"``.
+        ema_momentum: momentum of the running min/max of input activations.
+        bit_lr: learning rate of the ``"bits"`` group (shorthand for ``group_lrs["bits"]``; default 1e-2).
+        **kwargs: the shared arguments of `QuantizationSearch` (targets, schedule, export, ...).
+
+    References:
+        Nikolić et al., "BitPruning: Learning Bitlengths for Aggressive and Accurate Quantization", arXiv:2002.03090.
+    """
+
+    def __init__(
+        self,
+        strength: float = 0.1,
+        regularizer: str = "bops",
+        target: float | None = None,
+        budget_mode: str = "hinge",
+        dual_lr: float = 0.01,
+        init_bits: float = 8.0,
+        min_bits: float = 2.0,
+        max_bits: float = 8.0,
+        weight_granularity: str = "tensor",
+        group_size: int = 8,
+        rounding: str = "ceil",
+        rounding_eps: float = 0.05,
+        ema_momentum: float = 0.9,
+        bit_lr: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        method = BitPruningConfig(
+            init_bits=init_bits, min_bits=min_bits, max_bits=max_bits, weight_granularity=weight_granularity,
+            group_size=group_size, rounding=rounding, rounding_eps=rounding_eps, ema_momentum=ema_momentum,
+        )
+        cost = BitCostConfig(
+            kind=regularizer, strength=strength, target=target, budget_mode=budget_mode, dual_lr=dual_lr
+        )
+        group_lrs = _group_lrs(kwargs.pop("group_lrs", None), bits=bit_lr)
+        super().__init__(method, cost, group_lrs=group_lrs, **kwargs)
+
+
+__all__ = ["BayesianBits", "BitPruning"]

@@ -1,0 +1,120 @@
+"""The search schedule: warm-up, ramp and fine-tune epochs, and the learning rate of each quantizer parameter group.
+
+This module is the one home of these settings and their defaults; `bb_lightning.plugin.param_groups` asks it for
+each group's learning rate when it adds the groups to the optimizer, and the search callback asks it, every
+training batch, for the regulariser's multiplier and whether the bit widths may move. Schedulers the user built
+for the weights leave the quantizer groups alone, unless they declare `SCHEDULES_QUANTIZER_GROUPS`.
+
+Timeline of a fit with ``max_epochs = E`` (``t`` = epoch + fraction of the epoch done)::
+
+    0 ........ warmup_epochs ........ + ramp_epochs ..................... E - finetune_epochs ....... E
+    | no penalty, bit widths fixed |  penalty x (t - warmup) / ramp  |  full penalty  |  widths fixed, fine-tune  |
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._validate import epochs, int_at_least, lr_map
+from ..errors import BBConfigError
+
+#: Learning rate of each quantizer parameter group unless the user sets one (with Adam; Bayesian Bits spec 3.8:
+#: gates and ranges 1e-3; BitPruning spec R2: bitlengths 1e-2).
+DEFAULT_GROUP_LRS: dict[str, float] = {"gates": 1e-3, "ranges": 1e-3, "bits": 1e-2}
+#: The group that keeps training in warm-up (ranges follow the data; bit widths wait).
+ALWAYS_TRAINED = "ranges"
+#: A learning-rate scheduler with this attribute set to True sees and schedules the quantizer groups too (e.g. the
+#: reference's ImageNet recipe decays gates and ranges with the weights); other schedulers never see them
+#: (`bb_lightning.plugin.param_groups.shield_from_schedulers`).
+SCHEDULES_QUANTIZER_GROUPS = "schedules_quantizer_groups"
+
+
+@dataclass
+class SearchSchedule:
+    """When the search runs and how fast each quantizer group learns.
+
+    Args:
+        warmup_epochs: epochs (may be fractional) at the initial bit widths: no penalty, and every group except
+            ``"ranges"`` has learning rate 0.
+        ramp_epochs: epochs over which the regulariser's multiplier rises linearly from 0 to 1.
+        finetune_epochs: fix the bit widths for the last N epochs of ``fit`` and fine-tune weights and ranges.
+        group_lrs: learning rate per quantizer parameter group (``"gates"``, ``"ranges"``, ``"bits"``, ...);
+            groups not given use `DEFAULT_GROUP_LRS`.
+    """
+
+    warmup_epochs: float = 0.0
+    ramp_epochs: float = 0.0
+    finetune_epochs: int = 0
+    group_lrs: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.warmup_epochs = epochs("warmup_epochs", self.warmup_epochs)
+        self.ramp_epochs = epochs("ramp_epochs", self.ramp_epochs)
+        self.finetune_epochs = int_at_least("finetune_epochs", self.finetune_epochs, 0)
+        self.group_lrs = lr_map("group_lrs", dict(self.group_lrs) if isinstance(self.group_lrs, Mapping) else self.group_lrs)
+
+    # ----- learning rates -----------------------------------------------------------------------------------
+    def lr(self, group: str, method: str = "") -> float:
+        """The learning rate of quantizer group ``group``.
+
+        Raises:
+            BBConfigError: a group with neither a user-set nor a default learning rate.
+        """
+        if group in self.group_lrs:
+            return self.group_lrs[group]
+        if group in DEFAULT_GROUP_LRS:
+            return DEFAULT_GROUP_LRS[group]
+        known = sorted({*DEFAULT_GROUP_LRS, *self.group_lrs})
+        raise BBConfigError(
+            f"Method `{method}` has a quantizer parameter group {group!r} without a learning rate; pass "
+            f"`group_lrs={{{group!r}: ...}}` (known: {known})."
+        )
+
+    # ----- timeline -----------------------------------------------------------------------------------------
+    def penalty_scale(self, epoch: int, batch_idx: int, num_batches: float) -> float:
+        """The regulariser's multiplier: 0 during warm-up, a linear ramp to 1, then 1."""
+        if not (self.warmup_epochs or self.ramp_epochs):
+            return 1.0
+        t = epoch + (batch_idx / num_batches if 0 < num_batches < float("inf") else 0.0)
+        if t < self.warmup_epochs:
+            return 0.0
+        if self.ramp_epochs and t < self.warmup_epochs + self.ramp_epochs:
+            return (t - self.warmup_epochs) / self.ramp_epochs
+        return 1.0
+
+    def group_lr(self, name: str, group: Mapping[str, Any], warm: bool) -> float:
+        """The learning rate quantizer group ``name`` trains at: 0 for the bit widths in warm-up, else its own."""
+        if warm and name != ALWAYS_TRAINED:
+            return 0.0
+        return float(group.get("initial_lr", self.lr(name)))
+
+    def in_warmup(self, epoch: int, scale: float) -> bool:
+        """Whether the bit widths wait (learning rate 0) at this point."""
+        return scale == 0.0 and epoch < self.warmup_epochs
+
+    def freeze_now(self, epoch: int, max_epochs: int | None) -> bool:
+        """Whether the bit widths are fixed from epoch ``epoch`` on (the fine-tuning tail)."""
+        return bool(self.finetune_epochs and max_epochs and epoch >= max_epochs - self.finetune_epochs)
+
+    def check_run(self, max_epochs: int | None) -> None:
+        """Refuse a fine-tuning tail without ``max_epochs``; warn if it swallows the whole run."""
+        if not self.finetune_epochs:
+            return
+        if max_epochs is None or max_epochs < 1:
+            raise BBConfigError(
+                f"`finetune_epochs={self.finetune_epochs}` counts back from `Trainer(max_epochs=...)`, but this "
+                f"Trainer has max_epochs={max_epochs} (e.g. training by `max_steps`). Set max_epochs, or "
+                "finetune_epochs=0."
+            )
+        if self.finetune_epochs >= max_epochs:
+            warnings.warn(
+                f"bb_lightning: finetune_epochs={self.finetune_epochs} >= max_epochs={max_epochs}: the bit widths are "
+                "fixed from the first epoch and nothing is searched.",
+                stacklevel=3,
+            )
+
+
+__all__ = ["ALWAYS_TRAINED", "DEFAULT_GROUP_LRS", "SCHEDULES_QUANTIZER_GROUPS", "SearchSchedule"]

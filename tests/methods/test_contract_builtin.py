@@ -1,0 +1,29 @@
+"""The built-in searched methods through the conformance harness (`contract.QuantizerContract`)."""
+
+from __future__ import annotations
+
+from contract import QuantizerContract
+
+from bb_lightning.methods.bayesian_bits import BayesianBitsConfig
+from bb_lightning.methods.bit_pruning import BitPruningConfig
+
+
+class TestBayesianBitsContract(QuantizerContract):
+    method = "bayesian_bits"
+
+    def make_config(self):
+        return BayesianBitsConfig(gate_init=0.5, prune_init=1.0)  # fractional gates: every parameter is live
+
+
+class TestBitPruningContract(QuantizerContract):
+    method = "bit_pruning"
+
+    def make_config(self):
+        return BitPruningConfig(init_bits=5.5)
+
+
+class TestBitPruningPerChannelContract(QuantizerContract):
+    method = "bit_pruning"
+
+    def make_config(self):
+        return BitPruningConfig(init_bits=4.5, weight_granularity="group", group_size=2)
