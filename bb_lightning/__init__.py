@@ -1,7 +1,8 @@
 """bb_lightning: learned mixed-precision quantization and pruning for timm models in PyTorch Lightning.
 
 Public API (stable): `BayesianBits` and `BitPruning` (callbacks), `CostRegularizerMixin` (LightningModule mixin),
-`MixedPrecisionConfig` (the exported result) and `apply_config` (float model -> fixed mixed precision).
+`MixedPrecisionConfig` (the exported result) and `apply_config` (float model -> fixed mixed precision);
+`export_onnx`, `ort_session` and `to_deploy_model` (a deployable ONNX / PyTorch model, `bb_lightning.deploy`).
 """
 
 from . import methods as _methods  # noqa: F401  (registers the built-in methods)
@@ -9,6 +10,9 @@ from .app import models as _models  # noqa: F401  (registers the timm models bb_
 from ._registry import get_method as get_method
 from ._registry import list_methods as list_methods
 from ._registry import register_method as register_method
+from .deploy import export_onnx as export_onnx
+from .deploy import ort_session as ort_session
+from .deploy import to_deploy_model as to_deploy_model
 from .errors import BBConfigError as BBConfigError
 from .errors import NonFiniteError as NonFiniteError
 from .errors import UnsupportedLayerError as UnsupportedLayerError
@@ -36,8 +40,11 @@ __all__ = [
     "UnsupportedLayerError",
     "__version__",
     "apply_config",
+    "export_onnx",
     "get_method",
     "list_methods",
+    "ort_session",
     "register_layer_adapter",
     "register_method",
+    "to_deploy_model",
 ]

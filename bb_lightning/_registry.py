@@ -83,3 +83,19 @@ def method_for_config(config: Any) -> MethodEntry:
 
 def list_methods() -> list[str]:
     return sorted(_METHODS)
+
+
+_HOOKS: dict[str, Any] = {}
+
+
+def register_hook(name: str, fn: Any) -> None:
+    """Provide an optional feature to lower layers without them importing it: `bb_lightning.deploy` registers
+    ``"onnx_writer"`` (the callbacks' ``export_onnx`` option) and ``"export_command"`` (``bb-lightning export``)."""
+    _HOOKS[name] = fn
+
+
+def get_hook(name: str) -> Any:
+    """The function registered as ``name``; `BBConfigError` if nothing provides it."""
+    if name not in _HOOKS:
+        raise BBConfigError(f"Nothing provides `{name}`: `bb_lightning.deploy` was not imported (import bb_lightning).")
+    return _HOOKS[name]

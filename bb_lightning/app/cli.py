@@ -4,7 +4,7 @@
 then tests the fixed model, prints the test accuracy, the relative BOPs and the config's path, and writes the test
 metrics next to the config (``<config>.metrics.json``). With a ``WandbLogger`` the run's full CLI config goes into the
 W&B run config under ``cli``. ``bb-lightning report CONFIG.json ...`` prints and plots exported configs
-(`bb_lightning.app.report`).
+(`bb_lightning.app.report`). ``bb-lightning export RUN_DIR`` writes the run's ONNX model (`bb_lightning.deploy.cli`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
+from .._registry import get_hook
 from ..plugin.finetune import FixedGateFinetune
 from ..plugin.search import QuantizationSearch
 from . import datasets as _datasets  # noqa: F401  (MNIST, CIFAR-10, ImageNet)
@@ -69,6 +70,9 @@ def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["report"]:
         report_main(argv[1:])
+        return
+    if argv[:1] == ["export"]:  # bb-lightning export <run dir | config.json> ... (bb_lightning.deploy.cli)
+        get_hook("export_command")(argv[1:])
         return
     BBLightningCLI(
         TimmClassifier,

@@ -24,13 +24,22 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from .. import _validate as v
+from .._registry import get_hook
 from ..errors import BBConfigError
 from ..export import MixedPrecisionConfig, apply_config
 from ..methods.base import QuantizerBase
 from ..wrap.bn_fold import unfold_bn_train
 from ..wrap.layers import unwrap_layer
 from . import param_groups
-from .state import CHECKPOINT_KEY, STATE_ATTR, QuantizationState, get_state, resolve_root, root_attr_name
+from .state import (
+    CHECKPOINT_KEY,
+    STATE_ATTR,
+    QuantizationState,
+    example_input,
+    get_state,
+    resolve_root,
+    root_attr_name,
+)
 
 _DONE = "_bb_finetune_config"
 
@@ -56,6 +65,7 @@ class FixedGateFinetune(pl.Callback):
             model (quantizer entries are ignored). Without it the model's current weights are used.
         range_lr: learning rate of the ranges (reference: 1e-4 with Adam).
         model_attr: attribute of the LightningModule holding the model; default ``model`` if present, else the module.
+        export_onnx: write the fine-tuned model as ONNX (``<log_dir>/model.onnx``) at the end of fit.
 
     Attributes:
         config: the `MixedPrecisionConfig` the model was fixed to (after ``setup``).
@@ -71,8 +81,10 @@ class FixedGateFinetune(pl.Callback):
         weights: str | None = None,
         range_lr: float = 1e-4,
         model_attr: str | None = None,
+        export_onnx: bool = False,
     ) -> None:
         super().__init__()
+        self.export_onnx = bool(export_onnx)  # write <log_dir>/model.onnx at the end of fit (bb_lightning.deploy)
         if (search_checkpoint is None) == (config is None):
             raise BBConfigError(
                 "FixedGateFinetune needs exactly one starting point: `search_checkpoint` (a .ckpt of the search) or "
@@ -146,6 +158,13 @@ class FixedGateFinetune(pl.Callback):
                 f"{len(config.model.get('bn_fold', {}))} BatchNorm folded statically)."
             )
         self.config = pl_module.__dict__[_DONE]
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # every rank asks (it broadcasts under DDP)
+        if self.export_onnx and trainer.is_global_zero:
+            root = resolve_root(pl_module, root_attr_name(pl_module, self.model_attr))
+            write = get_hook("onnx_writer_new")  # bb_lightning.deploy.hooks.write_onnx_new, never replaces a file
+            write(log_dir / "model.onnx", root, None, example_input(pl_module, root, None))
 
     # ----- optimizer groups --------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor
 
 from .. import _validate as v
-from .._registry import method_for_config
+from .._registry import get_hook, method_for_config
 from ..config import WrapConfig
 from ..cost.facts import layer_costs, layer_metrics
 from ..errors import BBConfigError
@@ -69,6 +69,7 @@ class QuantizationSearch(pl.Callback):
         model_attr: attribute of the LightningModule holding the model; default ``model`` if present, else the module.
         input_size: per-sample input size for counting MACs, e.g. ``(3, 224, 224)``; default from
             ``example_input_array`` or timm's ``pretrained_cfg``.
+        export_onnx: also write the deployable ONNX model (``model.onnx``) next to the config (`bb_lightning.deploy`).
 
     Raises:
         BBConfigError: an invalid argument; the message names it and the valid choices.
@@ -94,6 +95,7 @@ class QuantizationSearch(pl.Callback):
         overwrite_export: bool = False,
         model_attr: str | None = None,
         input_size: Sequence[int] | None = None,
+        export_onnx: bool = False,
     ) -> None:
         super().__init__()
         entry = method_for_config(method)
@@ -112,6 +114,7 @@ class QuantizationSearch(pl.Callback):
         self.overwrite_export = v.boolean("overwrite_export", overwrite_export)
         self.model_attr = v.optional_str("model_attr", model_attr)
         self.input_size = v.sizes("input_size", input_size)
+        self.export_onnx = v.boolean("export_onnx", export_onnx)  # model.onnx next to the config (bb_lightning.deploy)
         #: The exported `MixedPrecisionConfig` once ``fit`` has ended.
         self.config: MixedPrecisionConfig | None = None
         #: Where the config was written.
@@ -242,6 +245,10 @@ class QuantizationSearch(pl.Callback):
         self._freeze(trainer, state)
         self.config = state.export()
         self._finish(trainer, state, *export_hook.log_dir_of(trainer))
+        if self.export_onnx and trainer.is_global_zero and self.config_path is not None:
+            model = resolve_root(pl_module, state.root_attr)  # bb_lightning.deploy.hooks.write_onnx_next_to
+            write = get_hook("onnx_writer")
+            write(self.config_path, model, self.config, example_input(pl_module, model, self.input_size))
 
     @rank_zero_only
     def _finish(self, trainer: pl.Trainer, state: QuantizationState, log_dir: Path, per_version: bool) -> None:
