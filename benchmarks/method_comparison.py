@@ -33,6 +33,7 @@ from bb_lightning.cost.penalty import CostConfig
 from bb_lightning.app.data import DigitsDataModule
 from bb_lightning.app.module import TimmClassifier
 from bb_lightning.methods.fixed_bits import FixedBitsConfig
+from pareto import allocation_summary  # noqa: E402  (benchmarks/pareto.py: the same per-run summary)
 
 
 def _variants(epochs: int) -> dict[str, Any]:
@@ -87,21 +88,7 @@ def run(name: str, make_cb: Any, args: argparse.Namespace, root: str) -> dict[st
         row.update(rbops=100.0, kib=sum(p.numel() for p in model.model.parameters() if p.dim() > 1) * 4 / 1024,
                    wbits=32.0, abits=32.0)
     else:
-        totals = cb.config.totals
-        quantized = [layer for layer in cb.config.layers.values() if layer["quantized"]]
-        inputs = [layer["input"]["bits"] for layer in quantized if layer["input"] is not None]
-
-        def wbits(layer: dict) -> float:
-            w = layer["weight"]
-            cb_ = w.get("channel_bits")
-            return sum(cb_) / len(cb_) if cb_ else float(w["bits"])
-
-        row.update(
-            rbops=100 * totals["relative_bops"],
-            kib=totals["weight_memory_bytes"] / 1024,
-            wbits=sum(wbits(layer) for layer in quantized) / len(quantized),
-            abits=sum(inputs) / max(len(inputs), 1),
-        )
+        row.update(allocation_summary(cb.config))
     return row
 
 

@@ -101,23 +101,28 @@ def run(name: str, make_cb: Callable[[], Any], seed: int, args: argparse.Namespa
                      and m.weight.dim() > 1 for p in [m.weight])
         row.update(rbops=100.0, kib=params * 4 / 1024, pruned=0.0, wbits=32.0, abits=32.0)
         return row
-    totals = cb.config.totals
-    quantized = [layer for layer in cb.config.layers.values() if layer["quantized"]]
+    row.update(allocation_summary(cb.config))
+    row["layers"] = {k: [v["weight"]["bits"] if v["weight"] else None, v["input"]["bits"] if v["input"] else None]
+                     for k, v in cb.config.layers.items() if v["quantized"]}
+    return row
+
+
+def allocation_summary(config: Any) -> dict[str, float]:
+    """Relative BOPs (%), weight memory (KiB), pruned channels (%) and mean weight / input bits per quantized layer
+    (per-channel widths averaged) of an exported `MixedPrecisionConfig`."""
+    totals = config.totals
+    quantized = [layer for layer in config.layers.values() if layer["quantized"]]
     inputs = [layer["input"]["bits"] for layer in quantized if layer["input"] is not None]
 
     def wbits(layer: dict) -> float:
-        w = layer["weight"]
-        per_channel = w.get("channel_bits")
-        return sum(per_channel) / len(per_channel) if per_channel else float(w["bits"])
+        per_channel = layer["weight"].get("channel_bits")
+        return sum(per_channel) / len(per_channel) if per_channel else float(layer["weight"]["bits"])
 
-    row.update(
+    return dict(
         rbops=100 * totals["relative_bops"], kib=totals["weight_memory_bytes"] / 1024,
         pruned=100 * totals.get("pruned_channel_fraction", 0.0),
         wbits=sum(wbits(layer) for layer in quantized) / len(quantized), abits=sum(inputs) / max(len(inputs), 1),
-        layers={k: [v["weight"]["bits"] if v["weight"] else None, v["input"]["bits"] if v["input"] else None]
-                for k, v in cb.config.layers.items() if v["quantized"]},
     )
-    return row
 
 
 def load(path: Path) -> list[dict[str, Any]]:
