@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from .. import _validate as v
 from ..errors import BBConfigError
 from .datasets import _ImageDataModule
 
@@ -91,13 +92,13 @@ class FashionMNISTDataModule(_ImageDataModule):
         pin_memory: bool = False,
     ) -> None:
         super().__init__(data_dir, batch_size, num_workers, False, fake_size, pin_memory)
-        for name, value in (("train_subset", train_subset), ("test_subset", test_subset), ("val_size", val_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise BBConfigError(f"Expected argument `{name}` to be an int >= 0 (0 = off), but got {value!r}.")
+        train_subset, test_subset, val_size = (
+            v.int_at_least(name, value, 0)
+            for name, value in (("train_subset", train_subset), ("test_subset", test_subset), ("val_size", val_size))
+        )
         if channels not in (1, 3):
-            raise BBConfigError(f"Expected argument `channels` to be 1 or 3, but got {channels!r}.")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise BBConfigError(f"Expected argument `image_size` to be an int >= 1, but got {image_size!r}.")
+            raise v.fail("channels", "1 or 3", channels)
+        image_size = v.int_at_least("image_size", image_size, 1)
         self.train_subset, self.test_subset, self.val_size = train_subset, test_subset, val_size
         self.image_size, self.channels, self.seed = image_size, channels, seed
         self.fake_image_size = (channels, image_size, image_size)
