@@ -61,10 +61,21 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, overwrite: bool = T
     return path
 
 
+def unique_path(path: str | os.PathLike) -> Path:
+    """``path``, or ``<stem>-v1<suffix>``, ``-v2``, ... if it exists: an export never replaces an older one."""
+    path = Path(path)
+    if not path.exists():
+        return path
+    i = 1
+    while (candidate := path.with_name(f"{path.stem}-v{i}{path.suffix}")).exists():
+        i += 1
+    return candidate
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "unique_path"]

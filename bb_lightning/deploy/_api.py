@@ -3,6 +3,7 @@ quantizers' maths. Everything deploy needs from elsewhere is re-exported here, s
 
 from __future__ import annotations
 
+from .._io import atomic_write, unique_path
 from .._registry import register_hook
 from ..core.fake_quant import CLIP_SHRINK, FLOAT_BITS, effective_range, num_steps
 from ..core.fake_quant import scale as symmetric_scale
@@ -25,6 +26,7 @@ __all__ = [
     "MixedPrecisionConfig",
     "UnsupportedLayerError",
     "apply_config",
+    "atomic_write",
     "bn_scale",
     "effective_range",
     "fold_pairs",
@@ -33,5 +35,6 @@ __all__ = [
     "num_steps",
     "register_hook",
     "symmetric_scale",
+    "unique_path",
     "unwrap_layer",
 ]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._api import MixedPrecisionConfig
+from ._api import MixedPrecisionConfig, atomic_write
 from .build import to_deploy_model
 
 log = logging.getLogger(__name__)
@@ -49,22 +49,6 @@ class ExportResult:
     removal: list[dict] = field(default_factory=list)
     bytes: int = 0
     model: nn.Module | None = None
-
-
-def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.") from None
-    except OSError:  # no hard links on this file system
-        if path.exists():
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.") from None
-        os.replace(tmp, path)
-        return
-    tmp.unlink()
 
 
 def build_onnx(deploy_model: nn.Module, example_input: Tensor, dynamic_batch: bool = True) -> tuple[Any, dict]:
@@ -116,8 +100,6 @@ def export_onnx(
         An `ExportResult` (path, per-layer containers, removal report, file size).
     """
     require_deploy_deps()
-    import onnx
-
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it.")
@@ -127,16 +109,7 @@ def export_onnx(
     with torch.no_grad():
         dep = to_deploy_model(model, config, example_input, remove_pruned=remove_pruned).cpu()
         proto, summary = build_onnx(dep, example_input.cpu(), dynamic_batch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save_model(proto, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        _publish(Path(tmp), path, overwrite)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(path, proto.SerializeToString(), overwrite=overwrite)  # never a half-written file
     result = ExportResult(path, summary, list(dep.bb_removal_report), path.stat().st_size, dep)
     removed = sum(r["removed"] for r in result.removal)
     kept = sum(r["kept_zero"] for r in result.removal)

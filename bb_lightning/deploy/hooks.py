@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from ._api import MixedPrecisionConfig
+from ._api import MixedPrecisionConfig, unique_path
 from .export import export_onnx
 
 log = logging.getLogger(__name__)
@@ -31,31 +31,11 @@ def write_onnx_next_to(
     return write_onnx_new(onnx_path_for(config_path), model, config, example_input)
 
 
-def example_input_of(pl_module: nn.Module, model: nn.Module) -> Tensor:
-    """``[1, ...]`` zeros shaped like ``pl_module.example_input_array`` or timm's ``pretrained_cfg["input_size"]``."""
-    import torch
-
-    example = getattr(pl_module, "example_input_array", None)
-    if isinstance(example, Tensor):
-        return torch.zeros_like(example[:1])
-    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
-    if size is None:
-        raise ValueError(
-            f"Cannot tell the input size of `{type(pl_module).__name__}` for the ONNX export. HINT: set "
-            "`self.example_input_array` in your LightningModule."
-        )
-    return torch.zeros(1, *size)
-
-
 def write_onnx_new(path: str | os.PathLike, model: nn.Module, config: MixedPrecisionConfig | None,
                    example_input: Tensor) -> Path | None:
     """`export_onnx` to ``path``, or ``<stem>-v1.onnx``, ... if it exists (never replaces a file). A failure is
     logged as an error (with the traceback) and returns ``None``: it must not fail a finished training run."""
-    path = Path(path)
-    base, i = path, 1
-    while path.exists():
-        path = base.with_name(f"{base.stem}-v{i}{base.suffix}")
-        i += 1
+    path = unique_path(path)
     try:
         result = export_onnx(model, config, path, example_input[:1])
     except Exception as err:  # the run's config and checkpoints are saved: report, do not fail the fit at its end

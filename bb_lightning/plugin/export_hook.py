@@ -20,6 +20,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from .._io import unique_path
 from ..export import MixedPrecisionConfig
 
 DEFAULT_EXPORT_NAME = "mixed_precision_config.json"
@@ -46,16 +47,6 @@ def new_run_dir(base: Path) -> Path:
             return candidate
         except FileExistsError:  # another run took it meanwhile
             n += 1
-
-
-def unique_path(path: Path) -> Path:
-    """``path``, or ``stem-v1.json``, ``stem-v2.json``, ... if it exists: an export never replaces an older one."""
-    if not path.exists():
-        return path
-    i = 1
-    while (candidate := path.with_name(f"{path.stem}-v{i}{path.suffix}")).exists():
-        i += 1
-    return candidate
 
 
 def write_config(config: MixedPrecisionConfig, path: Path, overwrite: bool) -> Path:
