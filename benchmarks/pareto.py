@@ -16,6 +16,8 @@ scales a channel that the batch statistics normalise again, so the task loss can
   (method ``fixed_bits``);
 * ``bb-<mu>``: ``BayesianBits(mu=mu)``, every other argument at its default (gate learning rate and fine-tuning
   tail derived from the run's length);
+* ``bbe-<mu>``: ``BayesianBits(mu=mu, regularizer="expected_bops")``: ``mu`` times the expected relative BOPs in
+  percent (the product of weight and input bits) instead of the paper's additive penalty;
 * ``bp-<lambda>``: ``BitPruning(strength=lambda)``, likewise.
 
 Each finished run is appended to ``<out>/results.jsonl`` (so interrupted sweeps resume and several processes can
@@ -41,7 +43,9 @@ from typing import Any
 UNIFORM = (8, 6, 4, 3, 2)
 
 
-def _variants(bb_strengths: list[float], bp_strengths: list[float], fold_bn: str = "none") -> dict[str, Callable[[], Any]]:
+def _variants(
+    bb_strengths: list[float], bp_strengths: list[float], fold_bn: str = "none", bbe_strengths: tuple[float, ...] = ()
+) -> dict[str, Callable[[], Any]]:
     from bb_lightning import BayesianBits, BitPruning, QuantizationSearch
     from bb_lightning.cost.penalty import CostConfig
     from bb_lightning.methods.fixed_bits import FixedBitsConfig
@@ -54,14 +58,18 @@ def _variants(bb_strengths: list[float], bp_strengths: list[float], fold_bn: str
     out: dict[str, Callable[[], Any]] = {"float": lambda: None}
     out.update({f"w{b}a{b}": fixed(b) for b in UNIFORM})
     out.update({f"bb-{mu:g}": (lambda mu=mu: BayesianBits(mu=mu, fold_bn=fold_bn)) for mu in bb_strengths})
+    out.update({f"bbe-{mu:g}": (lambda mu=mu: BayesianBits(mu=mu, regularizer="expected_bops", fold_bn=fold_bn))
+                for mu in bbe_strengths})
     out.update({f"bp-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, fold_bn=fold_bn)) for lam in bp_strengths})
     return out
 
 
 def family(name: str) -> str:
-    """``"float"``, ``"uniform"``, ``"Bayesian Bits"`` or ``"BitPruning"``."""
+    """``"float"``, ``"uniform"``, ``"Bayesian Bits"``, ``"Bayesian Bits, E[BOPs]"`` or ``"BitPruning"``."""
     if name == "float":
         return "float"
+    if name.startswith("bbe-"):
+        return "Bayesian Bits, E[BOPs]"
     if name.startswith("bb-"):
         return "Bayesian Bits"
     if name.startswith("bp-"):
@@ -147,7 +155,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "wbits": statistics.mean(r["wbits"] for r in rs), "abits": statistics.mean(r["abits"] for r in rs),
             "seeds": sorted(r["seed"] for r in rs),
         })
-    order = {"float": 0, "uniform": 1, "Bayesian Bits": 2, "BitPruning": 3}
+    order = {"float": 0, "uniform": 1, "Bayesian Bits": 2, "Bayesian Bits, E[BOPs]": 3, "BitPruning": 4}
     return sorted(out, key=lambda a: (order[a["family"]], -a["rbops"]))
 
 
@@ -177,7 +185,7 @@ def table(aggs: list[dict[str, Any]], header: str) -> str:
                      f"{a['wbits']:.2f} / {a['abits']:.2f} | {a['pruned']:.1f} | {a['wall']:.0f} |")
     uniform = [a for a in aggs if a["family"] == "uniform"]
     lines.append("")
-    for fam in ("Bayesian Bits", "BitPruning"):
+    for fam in ("Bayesian Bits", "Bayesian Bits, E[BOPs]", "BitPruning"):
         pts = [a for a in aggs if a["family"] == fam]
         if not pts or not uniform:
             continue
@@ -187,7 +195,7 @@ def table(aggs: list[dict[str, Any]], header: str) -> str:
                      + ("yes" if not missed else f"no (not matched: {', '.join(missed)})"))
     by = {a["name"]: a for a in aggs}
     if "w2a2" in by and "w4a4" in by:
-        hits = [a["name"] for a in aggs if a["family"] == "Bayesian Bits"
+        hits = [a["name"] for a in aggs if a["family"].startswith("Bayesian Bits")
                 and a["rbops"] <= by["w2a2"]["rbops"] and a["acc"] >= by["w4a4"]["acc"]]
         lines.append(f"Bayesian Bits at <= w2a2 BOPs ({by['w2a2']['rbops']:.3f}%) with >= w4a4 accuracy "
                      f"({by['w4a4']['acc']:.2f}%): " + (", ".join(hits) if hits else "none"))
@@ -201,7 +209,8 @@ def plot(aggs: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
-    styles = {"uniform": ("tab:gray", "s"), "Bayesian Bits": ("tab:blue", "o"), "BitPruning": ("tab:orange", "^")}
+    styles = {"uniform": ("tab:gray", "s"), "Bayesian Bits": ("tab:blue", "o"),
+              "Bayesian Bits, E[BOPs]": ("tab:green", "D"), "BitPruning": ("tab:orange", "^")}
     for fam, (color, marker) in styles.items():
         pts = [a for a in aggs if a["family"] == fam]
         if not pts:
@@ -242,6 +251,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--seeds", default="0", help="comma-separated")
     parser.add_argument("--bb-strengths", default="0.003,0.01,0.03,0.1")
+    parser.add_argument("--bbe-strengths", default="", help="mu of Bayesian Bits with regularizer='expected_bops'")
     parser.add_argument("--bp-strengths", default="0.03,0.1,0.3,1")
     parser.add_argument("--only", default="", help="comma-separated subset of variants (e.g. float,w4a4,bb-0.01)")
     parser.add_argument("--fold-bn", default="none", choices=["none", "train", "static"],
@@ -261,7 +271,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         warnings.filterwarnings("ignore")
         variants = _variants([float(v) for v in args.bb_strengths.split(",") if v],
-                             [float(v) for v in args.bp_strengths.split(",") if v], args.fold_bn)
+                             [float(v) for v in args.bp_strengths.split(",") if v], args.fold_bn,
+                             tuple(float(v) for v in args.bbe_strengths.split(",") if v))
         names = [n for n in args.only.split(",") if n] or list(variants)
         unknown = sorted(set(names) - set(variants))
         if unknown:

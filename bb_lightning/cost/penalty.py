@@ -3,7 +3,10 @@
 Each quantizer gets a cost weight (its ``cost_scale``) once, at set-up:
 
 * ``bops``: ``MACs_l / max_l MACs_l`` for the weight and the input quantizer of layer ``l`` (Bayesian Bits spec 3.3);
-* ``memory``: ``params_l / max_l params_l`` for weight quantizers; input quantizers get 0 (not penalised).
+* ``memory``: ``params_l / max_l params_l`` for weight quantizers; input quantizers get 0 (not penalised);
+* ``expected_bops``: no per-quantizer weight: the method's regulariser computes the expected BOPs of the whole
+  network, ``sum_l MACs_l * E[b_w,l] * E[b_a,l] * E[kept_l]``, in percent of w32a32 (a method that cannot raises
+  `BBConfigError`).
 
 The method turns its cost weight into its own penalty (`QuantizerBase.penalty`). Quantizers are grouped once by
 `QuantizerBase.penalty_key`, and each group is summed by `CostRegularizer.group_penalty` (one call per group; a
@@ -22,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validate import enum_value, non_negative
+from ..errors import BBConfigError
 from ..methods.base import QuantizerBase, Regularizer
 from .record import LayerRecord
 
@@ -29,6 +33,7 @@ from .record import LayerRecord
 class CostKind(str, Enum):
     BOPS = "bops"
     MEMORY = "memory"
+    EXPECTED_BOPS = "expected_bops"
 
 
 @dataclass
@@ -36,8 +41,9 @@ class CostConfig:
     """The cost-weighted penalty: ``strength * sum_k R_k`` with cost weights from BOPs or weight memory.
 
     Args:
-        kind: ``"bops"`` (cost weight ``MACs_k / max MACs``, weights and inputs) or ``"memory"`` (cost weight
-            ``params_k / max params``, weights only; inputs are not penalised).
+        kind: ``"bops"`` (cost weight ``MACs_k / max MACs``, weights and inputs), ``"memory"`` (cost weight
+            ``params_k / max params``, weights only; inputs are not penalised) or ``"expected_bops"`` (the expected
+            relative BOPs of the network in percent, product of weight and input bits; methods that support it).
         strength: the multiplier of the summed penalties (Bayesian Bits: the paper's ``mu``, >= 0).
     """
 
@@ -52,9 +58,16 @@ class CostConfig:
 class CostRegularizer(Regularizer):
     """Holds ``(quantizer, cost_scale)`` pairs; calling it returns ``strength * sum_k penalty_k`` (0-dim tensor)."""
 
+    #: whether the subclass computes ``kind="expected_bops"`` (by overriding `raw`)
+    supports_expected_bops = False
+
     def __init__(
         self, records: list[LayerRecord], modules: Mapping[str, nn.Module], cost: CostConfig, input_bits: int = 8
     ) -> None:
+        if cost.kind == CostKind.EXPECTED_BOPS and not self.supports_expected_bops:
+            raise BBConfigError(
+                f"`regularizer='expected_bops'` is not supported by `{type(self).__name__}`; use 'bops' or 'memory'."
+            )
         self.cost = cost
         self.scale = 1.0  # schedule multiplier (warm-up / ramp), set by the callback
         max_macs = max((r.macs for r in records), default=1) or 1
@@ -64,7 +77,7 @@ class CostRegularizer(Regularizer):
             m = modules.get(rec.name)
             if not rec.wrapped or m is None:
                 continue
-            if cost.kind == CostKind.BOPS:
+            if cost.kind != CostKind.MEMORY:
                 w_scale = a_scale = rec.macs / max_macs
             else:
                 w_scale, a_scale = rec.params / max_params, 0.0

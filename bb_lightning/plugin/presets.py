@@ -46,8 +46,11 @@ class BayesianBits(QuantizationSearch):
     Args:
         mu: the paper's regulariser strength (>= 0; reference values 0.01 .. 0.2): loss = task loss +
             ``mu * sum_k R_k``, where ``R_k`` counts expected bits times the layer's cost weight.
-        regularizer: cost weight of each quantizer: ``"bops"`` (``MACs / max MACs``) or ``"memory"``
-            (``params / max params``, weights only).
+        regularizer: ``"bops"`` (the paper's additive penalty, cost weight ``MACs / max MACs`` per quantizer),
+            ``"memory"`` (``params / max params``, weights only) or ``"expected_bops"``: the expected relative BOPs
+            of the network in percent, ``sum_l MACs_l E[kept] E[b_w] E[b_a]`` over the w32a32 count, so a weight
+            bit costs what it does in the reported BOPs (the first layer's 8 times its MACs; `mu` then prices one
+            percent of relative BOPs in units of the task loss).
         prune: per-output-channel 0-bit gates on weights.
         bits: the doubling chain, starting at 2 (``(2, 4, 8, 16, 32)``; 32 = float).
         gate_init: initial ``log_alpha`` of the doubling gates: one float or one per gate; ``None`` = 6 for each,

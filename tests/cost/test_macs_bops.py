@@ -447,3 +447,82 @@ def test_prune_false_is_quantization_only():
         1 + (m / max(LENET_MACS)) * d for m in LENET_MACS[1:]
     )
     assert CostRegularizer(recs, mods, CostConfig()).raw().item() == pytest.approx(expected, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# regularizer="expected_bops": the expected relative BOPs (product of weight and input bits) in percent
+# ----------------------------------------------------------------------------------------------------------------
+def expected_bits64(log_alpha, cutoff=-2.0, bits=(2, 4, 8, 16, 32)) -> float:
+    """float64 by hand: 2 + sum_b (b - b/2) prod_{b' <= b} pi_b', gates at or below the cut-off (and above) off."""
+    out, cum = float(bits[0]), 1.0
+    for la, lo, hi in zip(log_alpha, bits[:-1], bits[1:]):
+        if la <= cutoff:
+            break
+        cum *= pi(la)
+        out += (hi - lo) * cum
+    return out
+
+
+@pytest.mark.parametrize("wb,ab", [(2, 2), (4, 4), (8, 2), (16, 8), (32, 32)])
+def test_expected_bops_at_hard_gates_equals_reported_relative_bops(wb, ab):
+    _, recs, mods = wrapped_lenet()
+    far = {2: (-20, -20, -20, -20), 4: (20, -20, -20, -20), 8: (20, 20, -20, -20), 16: (20, 20, 20, -20),
+           32: (20, 20, 20, 20)}
+    with torch.no_grad():
+        for m in mods.values():
+            m.weight_quantizer.log_alpha.copy_(torch.tensor(far[wb], dtype=torch.float32))
+            m.weight_quantizer.prune_log_alpha is None or m.weight_quantizer.prune_log_alpha.fill_(20.0)
+            if m.input_quantizer is not None:
+                m.input_quantizer.log_alpha.copy_(torch.tensor(far[ab], dtype=torch.float32))
+        q = mods["3"].weight_quantizer.prune_log_alpha
+        q[::4] = -20.0  # a quarter of conv2 pruned
+    reg = CostRegularizer(recs, mods, CostConfig(kind="expected_bops", strength=0.1))
+    rel = cost_totals(layer_costs(recs, mods, input_bits=8))["relative_bops"]
+    assert reg.raw().item() == pytest.approx(100 * rel, rel=1e-5)
+    assert reg().item() == pytest.approx(0.1 * 100 * rel, rel=1e-5)
+
+
+def test_expected_bops_matches_float64_reference_and_charges_the_first_layer_its_8_bit_input():
+    _, recs, mods = wrapped_lenet()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in mods.values():
+            for q in (m.weight_quantizer, m.input_quantizer):
+                if q is not None:
+                    q.log_alpha.copy_(torch.empty(4).uniform_(-3, 4, generator=g))
+                    if q.prune_log_alpha is not None:
+                        q.prune_log_alpha.copy_(torch.empty(q.prune_log_alpha.numel()).uniform_(-3, 4, generator=g))
+    reg = CostRegularizer(recs, mods, CostConfig(kind="expected_bops", strength=1.0))
+    names = ["0", "3", "7", "9"]
+    total = 0.0
+    for i, name in enumerate(names):
+        wq, iq = mods[name].weight_quantizer, mods[name].input_quantizer
+        ew = expected_bits64(wq.log_alpha.tolist())
+        if wq.prune_log_alpha is not None:
+            ew *= sum(pi(v) for v in wq.prune_log_alpha.tolist()) / wq.prune_log_alpha.numel()
+        ea = 8.0 if iq is None else expected_bits64(iq.log_alpha.tolist())
+        total += LENET_MACS[i] * ew * ea
+    value = reg.raw()
+    assert value.item() == pytest.approx(100 * total / (1024 * sum(LENET_MACS)), rel=1e-5)
+    # the gradient of a weight bit is MACs x the input's expected bits: the first layer pays for its 8-bit image
+    value.backward()
+    w0, w1 = mods["0"].weight_quantizer, mods["3"].weight_quantizer
+    assert w0.log_alpha.grad is not None and bool(torch.all(w0.log_alpha.grad > 0))
+    assert mods["3"].input_quantizer.log_alpha.grad is not None
+    assert w1.prune_log_alpha.grad is not None and bool(torch.all(w1.prune_log_alpha.grad > 0))
+
+
+def test_expected_bops_is_zero_once_frozen_and_rejected_by_methods_without_it():
+    _, recs, mods = wrapped_lenet()
+    reg = CostRegularizer(recs, mods, CostConfig(kind="expected_bops"))
+    assert reg.raw().item() == pytest.approx(6.25, rel=5e-3)  # w8a8 start (P(z > 0) = 0.9995), nothing pruned
+    for m in mods.values():
+        m.weight_quantizer.freeze()
+        if m.input_quantizer is not None:
+            m.input_quantizer.freeze()
+    assert reg.raw().item() == 0.0
+    from bb_lightning.cost.penalty import CostRegularizer as Plain
+    from bb_lightning.errors import BBConfigError
+
+    with pytest.raises(BBConfigError, match="expected_bops"):
+        Plain(recs, mods, CostConfig(kind="expected_bops"))
