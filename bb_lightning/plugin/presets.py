@@ -16,13 +16,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from .. import _validate as v
 from ..cost.penalty import CostConfig
 from ..methods.bayesian_bits import BayesianBitsConfig
 from ..methods.bayesian_bits.hard_concrete import EVAL_THRESHOLD, eval_log_alpha_threshold
 from ..methods.bit_pruning import BitCostConfig, BitPruningConfig
+from ..wrap.bn_fold import find_bn_pairs
 from .search import QuantizationSearch
+from .state import example_input, resolve_root
 from .search_defaults import bayesian_bits_travel, bit_pruning_travel, start_within_reach
 
 
@@ -105,7 +108,9 @@ class BayesianBits(QuantizationSearch):
         self.search_travel = {} if travel is None else {"gates": travel}
 
     def _on_new_state(self, trainer: Any, state: Any) -> None:
-        """Default start, derived gate LR and a short run: move the live gates' start within reach."""
+        """Warn about pruning gates a BatchNorm hides; with the default start, a derived gate LR and a short run, move
+        the live gates' start within reach."""
+        self._warn_hidden_pruning(trainer, state)
         travel = self.search_travel.get("gates")
         if not self._default_start or travel is None or "gates" in self.schedule.group_lrs:
             return
@@ -120,6 +125,24 @@ class BayesianBits(QuantizationSearch):
                 if q.prune_log_alpha is not None:
                     q.prune_log_alpha.clamp_(max=start)
                 q.refresh_host_state()
+
+    def _warn_hidden_pruning(self, trainer: Any, state: Any) -> None:
+        """Pruning gates on layers followed by an unfolded BatchNorm: in training mode the BatchNorm normalises each
+        channel again, so the task loss barely sees a gate that scales it and the regulariser alone decides."""
+        if not self.method_config.prune or self.wrap.fold_bn.value != "none" or trainer.lightning_module is None:
+            return
+        pl_module = trainer.lightning_module
+        root = resolve_root(pl_module, state.root_attr)
+        pairs = find_bn_pairs(root, example_input(pl_module, root, self.input_size), foldable_only=False)
+        hidden = [r.name for r in state.records if r.prune and r.name in pairs]
+        if hidden:
+            rank_zero_warn(
+                f"bb_lightning: {len(hidden)} pruned layers feed a BatchNorm that is not folded (e.g. `{hidden[0]}` -> "
+                f"`{pairs[hidden[0]]}`, fold_bn='none'): in training mode the BatchNorm normalises each channel again, "
+                "so the task loss cannot defend a channel against its pruning gate and the regulariser alone decides "
+                "(on a small ResNet: 25% of the channels pruned at mu=0.0003, 5% with folding). Pass "
+                "fold_bn='train' (the reference's training-time folding) or prune=False."
+            )
 
 
 class BitPruning(QuantizationSearch):

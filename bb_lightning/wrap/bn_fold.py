@@ -177,13 +177,13 @@ def _foldable_bn(m: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def find_bn_pairs(root: nn.Module, example: Tensor) -> dict[str, str]:
+def find_bn_pairs(root: nn.Module, example: Tensor, foldable_only: bool = True) -> dict[str, str]:
     """``{layer name: BN name}`` for every conv/linear whose output tensor goes straight into a BatchNorm.
 
     One evaluation forward on ``example`` with hooks: a pair is found when the BN's input is the very tensor the
     layer returned, each runs once, and the channel counts agree (the layer's output is assumed to feed nothing but
-    that BatchNorm, as in conv-BN-act blocks). Pairs whose layer type cannot be folded are skipped with a warning
-    naming them.
+    that BatchNorm, as in conv-BN-act blocks). With ``foldable_only``, pairs whose layer type cannot be folded are
+    skipped with a warning naming them; without it every such pair is returned (e.g. of an already wrapped model).
     """
     outputs: dict[str, Any] = {}
     calls: dict[str, int] = {}
@@ -218,7 +218,7 @@ def find_bn_pairs(root: nn.Module, example: Tensor) -> dict[str, str]:
         layer, bn = layers[lname], bns[bname]
         if calls.get(lname) != 1 or calls.get(bname) != 1 or layer.weight.shape[0] != bn.num_features:
             skipped.append(f"{lname} -> {bname} (shared or reused module)")
-        elif type(layer) not in _FOLDED and not isinstance(layer, _TrainFolded):
+        elif foldable_only and type(layer) not in _FOLDED and not isinstance(layer, _TrainFolded):
             skipped.append(f"{lname} -> {bname} ({type(layer).__name__} cannot be folded)")
         else:
             good[lname] = bname

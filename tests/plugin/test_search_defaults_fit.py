@@ -71,3 +71,17 @@ def test_bit_pruning_default_bit_lr_reaches_min_bits(tmp_path):
     assert _group_lr(tr, "bits") == pytest.approx(derived_lr(bit_pruning_travel(8.0, 2.0), StepBudget(32)))
     bits = [layer["weight"]["bits"] for layer in bp.config.layers.values() if layer["quantized"]]
     assert min(bits) < 8 and bp.config.totals["relative_bops"] < 0.0625
+
+
+@pytest.mark.parametrize("fold_bn", ["none", "train"])
+def test_pruning_in_front_of_an_unfolded_batchnorm_gets_a_warning(tmp_path, fold_bn):
+    cb = BayesianBits(mu=0.01, fold_bn=fold_bn)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, [cb], limit_train_batches=1).fit(tiny_module(), datamodule=digits())
+    hidden = [str(w.message) for w in caught if "feed a BatchNorm that is not folded" in str(w.message)]
+    if fold_bn == "none":
+        assert len(hidden) == 1
+        assert "15 pruned layers" in hidden[0] and "`conv1.0` -> `conv1.1`" in hidden[0] and "fold_bn='train'" in hidden[0]
+    else:
+        assert hidden == []
