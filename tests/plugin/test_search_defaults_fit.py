@@ -36,6 +36,7 @@ def test_default_gates_move_to_a_decision_in_a_40_step_run(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no "cannot reach a decision" warning
         warnings.filterwarnings("ignore", ".*(does not have many workers|smaller than the logging).*")
+        warnings.filterwarnings("ignore", ".*feed a BatchNorm that is not folded.*")
         tr.fit(model, datamodule=digits())
     assert bb.schedule.finetune_epochs == 1  # round(0.2 * 5): the last epoch trains with fixed gates
     schedule = StepBudget(4 * 8)  # 4 search epochs of 8 steps
