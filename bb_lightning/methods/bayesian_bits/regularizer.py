@@ -156,8 +156,8 @@ class ExpectedBops:
         c = self._constants(self.quantizers[0].log_alpha.device)
         keep = torch.ones(len(self.quantizers), device=c["macs"].device)
         if c["pruned"].numel():
-            p = torch.cat([q.prune_log_alpha for q in self.quantizers if q.prune_log_alpha is not None])
-            mean = hc.prob_nonzero(p).new_zeros(c["sizes"].numel()).index_add(0, c["seg"], hc.prob_nonzero(p))
+            pi = hc.prob_nonzero(torch.cat([q.prune_log_alpha for q in self.quantizers if q.prune_log_alpha is not None]))
+            mean = pi.new_zeros(c["sizes"].numel()).index_add(0, c["seg"], pi)
             keep = keep.index_put((c["pruned"],), mean / c["sizes"])
         return keep
 
