@@ -20,7 +20,7 @@ from bb_lightning.wrap.swap import apply_plan, plan_layers
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"regularizer": "flops"}, r"`regularizer`.*\['bops', 'memory'\].*'flops'"),
+        ({"regularizer": "flops"}, r"`regularizer`.*\['bops', 'memory', 'expected_bops'\].*'flops'"),
         ({"strength": -0.1}, r"`strength`.*>= 0"),
         ({"strength": "big"}, r"`strength`"),
         ({"bits": (2, 3, 8)}, r"`bits`.*doubling chain"),

@@ -160,8 +160,11 @@ def remove_pruned_channels(model: nn.Module, example: Tensor) -> tuple[nn.Module
                     planned.setdefault(dep.target.module, name)
         except Exception as err:  # noqa: BLE001
             ok, reason = torch.zeros(len(cands), dtype=torch.bool), f"torch-pruning: {type(err).__name__}"
-        report[name]["reason"] = reason if not bool(ok.all()) else ""
         chosen = [c for c, good in zip(cands, ok.tolist()) if good]
+        if len(chosen) == int(m.pruned.numel()):  # every channel pruned: a layer cannot have 0 outputs
+            chosen, ok, reason = chosen[:-1], ok.clone(), "every channel pruned: one zero channel kept"
+            ok[-1] = False
+        report[name]["reason"] = reason if not bool(ok.all()) else ""
         if chosen:
             plans.append((m, chosen))
     original = copy.deepcopy(model) if plans else model

@@ -100,3 +100,22 @@ def test_minmax_consumer_grid_that_excludes_zero_keeps_the_channel():
     dep = to_deploy_model(model, cfg, x)
     row = {r["layer"]: r for r in dep.bb_removal_report}["conv1"]
     assert row["removed"] == 0 and "nonzero at the input" in row["reason"]
+
+
+def test_fully_pruned_layer_keeps_one_zero_channel_and_exports(tmp_path):
+    model, x = _model(), torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        model.bn1.bias.fill_(-1.0)  # every constant BN shift is killed by the ReLU: all 8 channels removable
+    cfg = make_config(model, x, weight_bits=(4,), input_bits=(8,))
+    _prune(cfg, "conv1", list(range(8)))
+    masked = to_deploy_model(model, cfg, x, remove_pruned=False)
+    dep = to_deploy_model(model, cfg, x)
+    row = {r["layer"]: r for r in dep.bb_removal_report}["conv1"]
+    assert row["removed"] == 7 and row["kept_zero"] == 1 and "one zero channel kept" in row["reason"], row
+    assert dep.conv1.weight.shape[0] == 1 and dep.conv2.weight.shape[1] == 1
+    with torch.no_grad():
+        np.testing.assert_allclose(dep(x).numpy(), masked(x).numpy(), rtol=0, atol=1e-6)
+    res = export_onnx(model, cfg, tmp_path / "m.onnx", x)
+    got = ort_session(res.path).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, dep(x).numpy(), rtol=1e-4, atol=1e-5)
