@@ -51,6 +51,16 @@ def _prune(cfg, layer, channels):
     cfg.layers[layer]["kept_channels"] = [i for i in range(n) if i not in channels]
 
 
+def _same_outputs(model, cfg, x, masked, dep, tmp_path):
+    """The deploy model equals the masked one, and the exported ONNX equals the deploy model."""
+    with torch.no_grad():
+        np.testing.assert_allclose(dep(x).numpy(), masked(x).numpy(), rtol=0, atol=1e-6)
+    res = export_onnx(model, cfg, tmp_path / "m.onnx", x)
+    got = ort_session(res.path).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, dep(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_removable_channel_is_removed_everywhere_and_changes_no_output(tmp_path):
     model, x = _model(), torch.randn(4, 3, 8, 8)
     cfg = make_config(model, x, weight_bits=(4,), input_bits=(8,))
@@ -61,12 +71,7 @@ def test_removable_channel_is_removed_everywhere_and_changes_no_output(tmp_path)
     rows = {r["layer"]: r for r in dep.bb_removal_report}
     assert rows["conv1"]["removed"] == 1 and rows["conv2"]["removed"] == 1, rows
     assert dep.conv1.weight.shape[0] == 7 and dep.conv2.weight.shape[:2] == (7, 7) and dep.fc.weight.shape[1] == 7
-    with torch.no_grad():
-        np.testing.assert_allclose(dep(x).numpy(), masked(x).numpy(), rtol=0, atol=1e-6)
-    res = export_onnx(model, cfg, tmp_path / "m.onnx", x)
-    got = ort_session(res.path).run(None, {"input": x.numpy()})[0]
-    with torch.no_grad():
-        np.testing.assert_allclose(got, dep(x).numpy(), rtol=1e-4, atol=1e-5)
+    _same_outputs(model, cfg, x, masked, dep, tmp_path)
 
 
 def test_channel_whose_bn_shift_survives_the_activation_stays_as_zero_rows():
@@ -113,9 +118,4 @@ def test_fully_pruned_layer_keeps_one_zero_channel_and_exports(tmp_path):
     row = {r["layer"]: r for r in dep.bb_removal_report}["conv1"]
     assert row["removed"] == 7 and row["kept_zero"] == 1 and "one zero channel kept" in row["reason"], row
     assert dep.conv1.weight.shape[0] == 1 and dep.conv2.weight.shape[1] == 1
-    with torch.no_grad():
-        np.testing.assert_allclose(dep(x).numpy(), masked(x).numpy(), rtol=0, atol=1e-6)
-    res = export_onnx(model, cfg, tmp_path / "m.onnx", x)
-    got = ort_session(res.path).run(None, {"input": x.numpy()})[0]
-    with torch.no_grad():
-        np.testing.assert_allclose(got, dep(x).numpy(), rtol=1e-4, atol=1e-5)
+    _same_outputs(model, cfg, x, masked, dep, tmp_path)
