@@ -191,8 +191,8 @@ class BayesianBitsRegularizer(CostRegularizer):
         if self.expected_bops is None:
             return super().raw()
         qs = self.expected_bops.quantizers
-        if not qs or all(q.frozen for q in qs):  # nothing left to search (as the paper's penalty: 0 once frozen)
-            return torch.zeros(()) if not qs else qs[0].log_alpha.new_zeros(())
+        if qs and all(q.frozen for q in qs):  # nothing left to search (as the paper's penalty: 0 once frozen)
+            return qs[0].log_alpha.new_zeros(())
         return self.expected_bops()
 
 
