@@ -18,10 +18,14 @@ scales a channel that the batch statistics normalise again, so the task loss can
   tail derived from the run's length);
 * ``bbe-<mu>``: ``BayesianBits(mu=mu, regularizer="expected_bops")``: ``mu`` times the expected relative BOPs in
   percent (the product of weight and input bits) instead of the paper's additive penalty;
-* ``bp-<lambda>``: ``BitPruning(strength=lambda)``, likewise.
+* ``bp-<lambda>``: ``BitPruning(strength=lambda)``, likewise;
+* ``bp1-<lambda>``: ``BitPruning(strength=lambda, min_bits=1)``: bitlengths may go down to 1 (the spec's range is
+  1 ... n_max; the default floor is 2), the only way BitPruning, which prunes no channels, can go below w2a2.
 
 Each finished run is appended to ``<out>/results.jsonl`` (so interrupted sweeps resume and several processes can
-share a folder); the script then prints the table (test accuracy as mean +- std over seeds, relative BOPs, weight
+share a folder) with its exported config, so its costs can be recounted (``--recount``) when the counting rules
+change; rows of pruned models without a config, written before input-side pruning was credited (spec 4.1,
+``rho_in``), are left out. The script then prints the table (test accuracy as mean +- std over seeds, relative BOPs, weight
 memory, pruned channel fraction, wall time) and writes ``<out>/pareto.png`` (accuracy vs relative BOPs, log x, the
 Pareto front of each method). Nothing is asserted.
 """
@@ -44,7 +48,8 @@ UNIFORM = (8, 6, 4, 3, 2)
 
 
 def _variants(
-    bb_strengths: list[float], bp_strengths: list[float], fold_bn: str = "none", bbe_strengths: tuple[float, ...] = ()
+    bb_strengths: list[float], bp_strengths: list[float], fold_bn: str = "none", bbe_strengths: tuple[float, ...] = (),
+    bp1_strengths: tuple[float, ...] = (),
 ) -> dict[str, Callable[[], Any]]:
     from bb_lightning import BayesianBits, BitPruning, QuantizationSearch
     from bb_lightning.cost.penalty import CostConfig
@@ -61,11 +66,14 @@ def _variants(
     out.update({f"bbe-{mu:g}": (lambda mu=mu: BayesianBits(mu=mu, regularizer="expected_bops", fold_bn=fold_bn))
                 for mu in bbe_strengths})
     out.update({f"bp-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, fold_bn=fold_bn)) for lam in bp_strengths})
+    out.update({f"bp1-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, min_bits=1.0, fold_bn=fold_bn))
+                for lam in bp1_strengths})
     return out
 
 
 def family(name: str) -> str:
-    """``"float"``, ``"uniform"``, ``"Bayesian Bits"``, ``"Bayesian Bits, E[BOPs]"`` or ``"BitPruning"``."""
+    """``"float"``, ``"uniform"``, ``"Bayesian Bits"``, ``"Bayesian Bits, E[BOPs]"``, ``"BitPruning"`` or
+    ``"BitPruning, min 1 bit"``."""
     if name == "float":
         return "float"
     if name.startswith("bbe-"):
@@ -74,6 +82,8 @@ def family(name: str) -> str:
         return "Bayesian Bits"
     if name.startswith("bp-"):
         return "BitPruning"
+    if name.startswith("bp1-"):
+        return "BitPruning, min 1 bit"
     return "uniform"
 
 
@@ -110,6 +120,7 @@ def run(name: str, make_cb: Callable[[], Any], seed: int, args: argparse.Namespa
         row.update(rbops=100.0, kib=params * 4 / 1024, pruned=0.0, wbits=32.0, abits=32.0)
         return row
     row.update(allocation_summary(cb.config))
+    row["config"] = cb.config.to_dict()
     row["layers"] = {k: [v["weight"]["bits"] if v["weight"] else None, v["input"]["bits"] if v["input"] else None]
                      for k, v in cb.config.layers.items() if v["quantized"]}
     return row
@@ -133,10 +144,28 @@ def allocation_summary(config: Any) -> dict[str, float]:
     )
 
 
+def current(row: dict[str, Any]) -> bool:
+    """False for a pruned model's row counted before input-side pruning was credited (no config to recount)."""
+    return row.get("pruned", 0.0) == 0.0 or "config" in row
+
+
+def recount(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with its cost columns recomputed from its stored config by the current cost rules."""
+    from bb_lightning.cost.facts import config_costs, cost_totals
+    from bb_lightning.export.config import MixedPrecisionConfig
+
+    if "config" not in row:
+        return row
+    config = MixedPrecisionConfig.from_dict(row["config"])
+    config.totals = cost_totals(config_costs(config))
+    return {**row, **allocation_summary(config)}
+
+
 def load(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if current(r)]
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -155,7 +184,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "wbits": statistics.mean(r["wbits"] for r in rs), "abits": statistics.mean(r["abits"] for r in rs),
             "seeds": sorted(r["seed"] for r in rs),
         })
-    order = {"float": 0, "uniform": 1, "Bayesian Bits": 2, "Bayesian Bits, E[BOPs]": 3, "BitPruning": 4}
+    order = {"float": 0, "uniform": 1, "Bayesian Bits": 2, "Bayesian Bits, E[BOPs]": 3, "BitPruning": 4,
+             "BitPruning, min 1 bit": 5}
     return sorted(out, key=lambda a: (order[a["family"]], -a["rbops"]))
 
 
@@ -185,7 +215,7 @@ def table(aggs: list[dict[str, Any]], header: str) -> str:
                      f"{a['wbits']:.2f} / {a['abits']:.2f} | {a['pruned']:.1f} | {a['wall']:.0f} |")
     uniform = [a for a in aggs if a["family"] == "uniform"]
     lines.append("")
-    for fam in ("Bayesian Bits", "Bayesian Bits, E[BOPs]", "BitPruning"):
+    for fam in ("Bayesian Bits", "Bayesian Bits, E[BOPs]", "BitPruning", "BitPruning, min 1 bit"):
         pts = [a for a in aggs if a["family"] == fam]
         if not pts or not uniform:
             continue
@@ -210,7 +240,8 @@ def plot(aggs: list[dict[str, Any]], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
     styles = {"uniform": ("tab:gray", "s"), "Bayesian Bits": ("tab:blue", "o"),
-              "Bayesian Bits, E[BOPs]": ("tab:green", "D"), "BitPruning": ("tab:orange", "^")}
+              "Bayesian Bits, E[BOPs]": ("tab:green", "D"), "BitPruning": ("tab:orange", "^"),
+              "BitPruning, min 1 bit": ("tab:red", "v")}
     for fam, (color, marker) in styles.items():
         pts = [a for a in aggs if a["family"] == fam]
         if not pts:
@@ -253,12 +284,15 @@ def main() -> None:
     parser.add_argument("--bb-strengths", default="0.003,0.01,0.03,0.1")
     parser.add_argument("--bbe-strengths", default="", help="mu of Bayesian Bits with regularizer='expected_bops'")
     parser.add_argument("--bp-strengths", default="0.03,0.1,0.3,1")
+    parser.add_argument("--bp1-strengths", default="", help="lambda of BitPruning with min_bits=1")
     parser.add_argument("--only", default="", help="comma-separated subset of variants (e.g. float,w4a4,bb-0.01)")
     parser.add_argument("--fold-bn", default="none", choices=["none", "train", "static"],
                         help="BatchNorm folding of every quantized variant (the callbacks' fold_bn)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/pareto", help="folder for results.jsonl and pareto.png")
     parser.add_argument("--report-only", action="store_true", help="only print the table and write the PNG")
+    parser.add_argument("--recount", action="store_true",
+                        help="recompute every stored row's costs from its config by the current rules (in place)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -272,7 +306,8 @@ def main() -> None:
         warnings.filterwarnings("ignore")
         variants = _variants([float(v) for v in args.bb_strengths.split(",") if v],
                              [float(v) for v in args.bp_strengths.split(",") if v], args.fold_bn,
-                             tuple(float(v) for v in args.bbe_strengths.split(",") if v))
+                             tuple(float(v) for v in args.bbe_strengths.split(",") if v),
+                             tuple(float(v) for v in args.bp1_strengths.split(",") if v))
         names = [n for n in args.only.split(",") if n] or list(variants)
         unknown = sorted(set(names) - set(variants))
         if unknown:
@@ -291,6 +326,9 @@ def main() -> None:
                         f.write(json.dumps(r) + "\n")
                     print(f"[{name} seed {seed}] acc {r['acc']:.2f}%  rel. BOPs {r['rbops']:.3f}%  "
                           f"{r['kib']:.1f} KiB  pruned {r['pruned']:.1f}%  {r['wall']:.0f} s", flush=True)
+    if args.recount:
+        rows = [recount(r) for r in load(results)]
+        results.write_text("".join(json.dumps(r) + "\n" for r in rows))
     rows = load(results)
     if not rows:
         raise SystemExit(f"no results in {results}")

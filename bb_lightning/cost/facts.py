@@ -6,13 +6,18 @@ Read by the export (`bb_lightning.export.build`), the text table (`MixedPrecisio
 
 Convention (Bayesian Bits spec, section 4): for each conv/linear layer ``l``::
 
-    BOPs_l = b_w(l) * b_a(l) * MACs_l * kept_l          kept_l = kept output channels / C_out
+    BOPs_l = b_w(l) * b_a(l) * MACs_l * kappa_l
     relative BOPs = sum_l BOPs_l / sum_l (32 * 32 * MACs_l)
 
-``b_a`` of the first layer, whose input (the image) is not quantized, is ``input_bits`` (8). Widths of 32 and more are
-float and count as 32. Input-side pruning savings (channels removed by the producer) are not credited, as for the
-reference's residual-stream layers; weight memory is ``sum_l b_w(l) * params_l * kept_l`` bits. Per-channel widths
-count with their mean over the kept channels.
+``kappa_l`` is the fraction of the layer's MACs that survive pruning: its kept output channels over ``C_out``, times
+``rho_in``, the fraction of its input channels its *producer* keeps (the reference's counting, spec 4.1). A layer has
+a producer when its input channels are, one to one, another layer's output channels
+(`bb_lightning.cost.channels.find_producers`: through activations, BatchNorm, pooling and flatten, not through
+residual adds, concatenations or LayerNorm); a pruned producer channel is then a constant that folds into this layer's
+bias. For a grouped conv ``kappa_l`` averages, over kept output channels, the kept fraction of their own group's
+inputs. ``b_a`` of the first layer, whose input (the image) is not quantized, is ``input_bits`` (8). Widths of 32 and
+more are float and count as 32. Weight memory is ``sum_l b_w(l) * params_l * kappa_l`` bits. Per-channel widths count
+with their mean over the kept channels.
 
 >>> c = LayerCost("fc", macs=100, params=100, w_bits=8, a_bits=8, kept=5, channels=10)
 >>> c.bops, c.fp32_bops, c.weight_bits
@@ -25,7 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from ..core.fake_quant import FLOAT_BITS
 from .record import LayerRecord, float_input_bits
@@ -46,10 +52,18 @@ class LayerCost:
     w_bits_mean: float | None = None
     quantized: bool = True
     type: str = ""
+    #: ``kappa``: fraction of MACs (and weights) left after output- and input-side pruning; None = `kept_fraction`
+    kept_macs: float | None = None
 
     @property
     def kept_fraction(self) -> float:
+        """Kept output channels over all output channels."""
         return self.kept / self.channels if self.channels else 1.0
+
+    @property
+    def kept_macs_fraction(self) -> float:
+        """``kappa``: the fraction of this layer's MACs and weights that pruning leaves (output and input side)."""
+        return self.kept_fraction if self.kept_macs is None else self.kept_macs
 
     @property
     def effective_w_bits(self) -> float:
@@ -73,7 +87,7 @@ class LayerCost:
 
     @property
     def bops(self) -> float:
-        return self.effective_w_bits * min(self.a_bits, FLOAT_BITS) * self.macs * self.kept_fraction
+        return self.effective_w_bits * min(self.a_bits, FLOAT_BITS) * self.macs * self.kept_macs_fraction
 
     @property
     def fp32_bops(self) -> int:
@@ -82,15 +96,44 @@ class LayerCost:
     @property
     def weight_bits(self) -> float:
         """Weight memory in bits."""
-        return self.effective_w_bits * self.params * self.kept_fraction
+        return self.effective_w_bits * self.params * self.kept_macs_fraction
+
+
+def credit_input_pruning(
+    costs: list[LayerCost], producers: Mapping[str, str | None], masks: Mapping[str, Tensor | None],
+    in_widths: Mapping[str, int],
+) -> None:
+    """Set ``kept_macs`` of every layer whose producer prunes channels (in place).
+
+    ``producers``: layer -> producer layer (or None); ``masks``: layer -> bool keep mask ``[C_out]`` (None = all
+    kept); ``in_widths``: layer -> input channels per group of its weight (``weight_shape[1]``).
+    """
+    for c in costs:
+        prod = producers.get(c.name)
+        keep_in = masks.get(prod) if prod else None
+        if keep_in is None or bool(keep_in.all()):
+            continue
+        keep_in = keep_in.detach().to("cpu", torch.float64).view(-1)
+        keep_out = masks.get(c.name)
+        keep_out = torch.ones(c.channels, dtype=torch.float64) if keep_out is None else keep_out.to("cpu", torch.float64)
+        width = int(in_widths.get(c.name, 0))
+        if c.type.startswith("Conv") and width and keep_in.numel() % width == 0 and keep_in.numel() >= width:
+            groups = keep_in.numel() // width
+        else:
+            groups = 1  # linear (after a flatten, every channel has the same number of features) or plain conv
+        if c.channels % groups:
+            continue
+        in_frac = keep_in.view(groups, -1).mean(1).repeat_interleave(c.channels // groups)  # [C_out]
+        c.kept_macs = float((keep_out.view(-1) * in_frac).mean()) if c.channels else 1.0
 
 
 def layer_costs(records: list[LayerRecord], modules: Mapping[str, nn.Module], input_bits: int) -> list[LayerCost]:
     """One `LayerCost` per planned layer, in network order, from the quantizers' ``hard_bits``/``keep_mask``."""
     out = []
+    masks: dict[str, Tensor | None] = {}
     for rec in records:
         channels = rec.weight_shape[0]
-        w_bits, kept, w_mean = FLOAT_BITS, channels, None
+        w_bits, kept, w_mean, mask = FLOAT_BITS, channels, None, None
         a_bits = rec.float_input_bits(input_bits)
         m = modules.get(rec.name)
         quantized = rec.wrapped and m is not None
@@ -98,15 +141,20 @@ def layer_costs(records: list[LayerRecord], modules: Mapping[str, nn.Module], in
             wq = m.weight_quantizer
             w_bits = wq.hard_bits()
             mask = wq.keep_mask()
+            mask = mask.cpu() if mask is not None else None  # one host read, used for the counts and the credit
             kept = int(mask.sum()) if mask is not None else channels
             per_channel = wq.channel_bits()
             if per_channel is not None:
+                per_channel = per_channel.cpu()
                 sel = per_channel if mask is None else per_channel[mask]
                 w_mean = float(sel.float().mean()) if sel.numel() else 0.0
             iq = m.input_quantizer
             if iq is not None and iq._initialized:  # an uncalibrated input quantizer passes inputs through
                 a_bits = iq.hard_bits()
         out.append(LayerCost(rec.name, rec.macs, rec.params, w_bits, a_bits, kept, channels, w_mean, quantized, rec.type))
+        masks[rec.name] = mask
+    credit_input_pruning(out, {r.name: r.producer for r in records}, masks,
+                         {r.name: r.weight_shape[1] if len(r.weight_shape) > 1 else 0 for r in records})
     return out
 
 
@@ -114,6 +162,7 @@ def config_costs(config: Any) -> list[LayerCost]:
     """One `LayerCost` per layer of a saved `bb_lightning.MixedPrecisionConfig` (anything with ``layers`` and
     ``input_bits``), in its (network) order."""
     out = []
+    masks: dict[str, Tensor | None] = {}
     for i, (name, layer) in enumerate(config.layers.items()):
         shape = layer["weight_shape"]
         channels, params = int(shape[0]), 1
@@ -134,6 +183,13 @@ def config_costs(config: Any) -> list[LayerCost]:
             LayerCost(name, int(layer["macs"]), params, w_bits, a_bits, kept, channels, w_mean, layer["quantized"],
                       str(layer["type"]))
         )
+        if layer["kept_channels"] is not None:
+            mask = torch.zeros(channels, dtype=torch.bool)
+            mask[torch.as_tensor(layer["kept_channels"], dtype=torch.long)] = True
+            masks[name] = mask
+    credit_input_pruning(out, {n: layer.get("producer") for n, layer in config.layers.items()}, masks,
+                         {n: int(layer["weight_shape"][1]) if len(layer["weight_shape"]) > 1 else 0
+                          for n, layer in config.layers.items()})
     return out
 
 
@@ -170,4 +226,4 @@ def layer_metrics(costs: list[LayerCost], prefix: str = "bb_layers") -> dict[str
     return out
 
 
-__all__ = ["LayerCost", "config_costs", "cost_totals", "layer_costs", "layer_metrics"]
+__all__ = ["LayerCost", "config_costs", "credit_input_pruning", "cost_totals", "layer_costs", "layer_metrics"]

@@ -24,6 +24,8 @@ class LayerRecord:
     input_numel: int = 0  # per-sample input elements (activation memory)
     bn: str | None = None  #: name of the BatchNorm folded into this layer (see `bb_lightning.wrap.bn_fold`)
     fold_bn: str = "none"  #: how it is folded: "train" or "static"
+    #: the layer whose output channels are this layer's input channels (`bb_lightning.cost.channels`), if any
+    producer: str | None = None
 
     @property
     def params(self) -> int:

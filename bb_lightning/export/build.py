@@ -47,6 +47,7 @@ def build_config(
             "weight": None,
             "input": None,
             "kept_channels": None,
+            "producer": rec.producer,
             "bops": float(costs[rec.name].bops),
         }
         if entry["quantized"]:

@@ -19,6 +19,8 @@ Schema (version 1)::
           "weight": {"bits": 4, "signed": true, "range": [-0.21, 0.21]},
           "input": {"bits": 8, "signed": false, "range": [0.0, 3.1]},   # null: input not quantized
           "kept_channels": [0, 1, 3],          # null: every output channel kept
+          "producer": "conv1",                 # optional: the layer whose output channels are this layer's
+                                               # inputs; its pruned channels are credited on the input side
           "bops": 1179648.0
         }
       },
@@ -57,6 +59,7 @@ from .check import check_model
 FORMAT = "bb_lightning.mixed_precision_config"
 VERSION = 1
 _LAYER_KEYS = {"type", "weight_shape", "macs", "quantized", "weight", "input", "kept_channels", "bops"}
+_OPTIONAL_LAYER_KEYS = {"producer"}
 _TENSOR_KEYS = {"bits", "signed", "range"}
 _OPTIONAL_TENSOR_KEYS = {"grid", "granularity", "channel_bits", "channel_ranges"}
 #: ``"symmetric"``: ``[-u, u]`` / ``[0, u]`` (Bayesian Bits); ``"minmax"``: affine ``[lo, hi]`` (BitPruning)
@@ -141,7 +144,8 @@ def _check_tensor(where: str, spec: Any, channels: int | None = None) -> dict[st
 
 def _check_layer(name: str, d: Any) -> dict[str, Any]:
     where = f"layers[{name!r}]"
-    _check_keys(where, d, _LAYER_KEYS)
+    _check_keys(where, {k: v for k, v in d.items() if k not in _OPTIONAL_LAYER_KEYS} if isinstance(d, dict) else d,
+                _LAYER_KEYS)
     shape = d["weight_shape"]
     if not isinstance(shape, list) or not shape or not all(_int(v) and v > 0 for v in shape):
         raise _fail(f"{where}.weight_shape", f"expected a list of positive ints, got {shape!r}")
@@ -202,6 +206,10 @@ class MixedPrecisionConfig:
             if not isinstance(d["layers"], dict) or not d["layers"]:
                 raise _fail("layers", "expected a non-empty object keyed by module name")
             layers = {name: _check_layer(name, spec) for name, spec in d["layers"].items()}
+            for name, spec in layers.items():
+                prod = spec.get("producer")
+                if prod is not None and (not isinstance(prod, str) or prod not in layers or prod == name):
+                    raise _fail(f"layers[{name!r}].producer", f"expected null or another layer's name, got {prod!r}")
             if not isinstance(d["totals"], dict):
                 raise _fail("totals", "expected an object")
             if not isinstance(d["method"], str) or not d["method"]:

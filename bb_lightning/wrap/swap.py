@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .._registry import get_method
 from ..config import FirstLayer, LastLayer, WrapConfig
+from ..cost.channels import find_producers
 from ..cost.macs import count_macs
 from ..cost.record import LayerRecord
 from ..errors import BBConfigError
@@ -64,6 +65,7 @@ def plan_layers(root: nn.Module, cfg: WrapConfig, example: Tensor) -> list[Layer
             stacklevel=2,
         )
     folds = find_bn_pairs(root, example) if cfg.fold_bn.value != "none" else {}
+    producers = find_producers(root, {n: candidates[n] for n in counts}, example)
     ordered = sorted(counts, key=lambda n: counts[n].order)
     if not any(n in selected for n in ordered):
         raise BBConfigError(f"None of the selected layers of `{type(root).__name__}` ran on the example input.")
@@ -96,6 +98,7 @@ def plan_layers(root: nn.Module, cfg: WrapConfig, example: Tensor) -> list[Layer
                 input_numel=counts[name].input_numel,
                 bn=folds.get(name) if wrapped else None,
                 fold_bn=cfg.fold_bn.value if wrapped and name in folds else "none",
+                producer=producers.get(name),
             )
         )
     # layers that never ran (e.g. nn.MultiheadAttention.out_proj): float, 0 MACs, listed so the export names

@@ -318,7 +318,9 @@ def test_pruned_bops_and_memory():
     assert [c.kept for c in costs] == [24, 48, 512, 10]
     assert [c.channels for c in costs] == [32, 64, 512, 10]
     assert [(c.w_bits, c.a_bits) for c in costs] == [(8, 8), (8, 8), (4, 8), (8, 2)]
-    kept_frac = [24 / 32, 48 / 64, 1.0, 1.0]
+    # kappa (spec 4.1): kept outputs x the producer's kept fraction on the input side (conv1 -> conv2 -> fc1)
+    kept_frac = [24 / 32, 48 / 64 * 24 / 32, 1.0 * 48 / 64, 1.0]
+    assert [r.producer for r in recs] == [None, "0", "3", "7"]
     bits = [(8, 8), (8, 8), (4, 8), (8, 2)]
     exp_bops = [w * a * m * k for (w, a), m, k in zip(bits, LENET_MACS, kept_frac)]
     for c, e in zip(costs, exp_bops):
@@ -495,13 +497,15 @@ def test_expected_bops_matches_float64_reference_and_charges_the_first_layer_its
     reg = CostRegularizer(recs, mods, CostConfig(kind="expected_bops", strength=1.0))
     names = ["0", "3", "7", "9"]
     total = 0.0
+    keep = {n: 1.0 for n in names}
     for i, name in enumerate(names):
         wq, iq = mods[name].weight_quantizer, mods[name].input_quantizer
         ew = expected_bits64(wq.log_alpha.tolist())
         if wq.prune_log_alpha is not None:
-            ew *= sum(pi(v) for v in wq.prune_log_alpha.tolist()) / wq.prune_log_alpha.numel()
+            keep[name] = sum(pi(v) for v in wq.prune_log_alpha.tolist()) / wq.prune_log_alpha.numel()
         ea = 8.0 if iq is None else expected_bits64(iq.log_alpha.tolist())
-        total += LENET_MACS[i] * ew * ea
+        keep_in = keep[names[i - 1]] if i else 1.0  # a chain: each layer reads its predecessor's channels
+        total += LENET_MACS[i] * ew * keep[name] * keep_in * ea
     value = reg.raw()
     assert value.item() == pytest.approx(100 * total / (1024 * sum(LENET_MACS)), rel=1e-5)
     # the gradient of a weight bit is MACs x the input's expected bits: the first layer pays for its 8-bit image

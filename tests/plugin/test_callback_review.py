@@ -90,7 +90,11 @@ def test_excluded_layers_count_as_float_and_are_exported(tmp_path):
     # the float layers are in the fp32 baseline and in the BOPs, at 32x32 bits
     macs = sum(layer["macs"] for layer in layers.values())
     assert cb.config.totals["fp32_bops"] == pytest.approx(1024 * macs)
-    assert all(layers[n]["bops"] == pytest.approx(1024 * layers[n]["macs"]) for n in excluded)
+    for n in excluded:  # a float layer also saves the input channels its producer pruned (spec 4.1)
+        prod = layers[n]["producer"]
+        kept_in = (1.0 if prod is None or layers[prod]["kept_channels"] is None
+                   else len(layers[prod]["kept_channels"]) / layers[prod]["weight_shape"][0])
+        assert layers[n]["bops"] == pytest.approx(1024 * layers[n]["macs"] * kept_in), n
 
 
 def test_validate_without_fit_reports_float_inputs(tmp_path):

@@ -89,7 +89,7 @@ def test_snapshot_matches_layer_costs_and_quantizers():
     assert snap.totals == cost_totals(costs)
     scalars = snap.scalars()
     assert scalars["bb/relative_bops"] == pytest.approx(
-        sum(min(c.w_bits, 32) * min(c.a_bits, 32) * c.macs * c.kept / c.channels for c in costs)
+        sum(min(c.w_bits, 32) * min(c.a_bits, 32) * c.macs * c.kept_macs_fraction for c in costs)
         / sum(1024 * c.macs for c in costs)
     )
     assert scalars["bb/mean_weight_bits"] == pytest.approx(np.mean([min(c.w_bits, 32) for c in costs]))

@@ -499,12 +499,28 @@ def test_config_roundtrip_and_relative_bops(arch: Arch, tmp_path):
     assert math.isclose(loaded.totals["bops"], total_bops, rel_tol=1e-9)
     assert 0.0 < loaded.totals["relative_bops"] < 1.0
 
-    # each layer's BOPs follow b_w * b_a * MACs * kept fraction (first layer's input at INPUT_BITS)
+    # each layer's BOPs follow b_w * b_a * MACs * kappa (first layer's input at INPUT_BITS); kappa counted per output
+    # channel: kept or not, times the kept share of the inputs of its group that come from the producer (spec 4.1)
+    def kept_set(name: str) -> set[int]:
+        layer = loaded.layers[name]
+        return set(range(layer["weight_shape"][0])) if layer["kept_channels"] is None else set(layer["kept_channels"])
+
     for rec in records:
         layer = loaded.layers[rec.name]
         assert layer["quantized"] and layer["weight_shape"] == list(rec.weight_shape)
+        assert layer["producer"] == rec.producer
         channels = rec.weight_shape[0]
-        kept = channels if layer["kept_channels"] is None else len(layer["kept_channels"])
+        kept = 0.0
+        for o in sorted(kept_set(rec.name)):
+            if rec.producer is None:
+                kept += 1.0
+                continue
+            c_in = loaded.layers[rec.producer]["weight_shape"][0]
+            width = rec.weight_shape[1] if rec.type.startswith("Conv") else c_in  # inputs per group
+            groups = c_in // width
+            g = o // (channels // groups)
+            inputs = range(g * width, (g + 1) * width)
+            kept += sum(i in kept_set(rec.producer) for i in inputs) / width
         w_bits = min(layer["weight"]["bits"], 32)
         a_bits = INPUT_BITS if layer["input"] is None else min(layer["input"]["bits"], 32)
         assert layer["input"] is None if rec.is_first else layer["input"] is not None, rec.name

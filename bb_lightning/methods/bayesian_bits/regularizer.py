@@ -82,7 +82,10 @@ class ExpectedBops:
 
     One weight quantizer per wrapped layer and its input quantizer (or a constant: the first layer's unquantized
     image at ``input_bits``, other float inputs at 32); unwrapped layers count at w32 with their constant input.
-    Vectorised over all quantizers: a fixed number of tensor ops per step, whatever the depth.
+    A layer whose producer prunes (``LayerRecord.producer``) also pays its producer's expected kept fraction, as the
+    reported BOPs credit input-side pruning (`bb_lightning.cost.facts`; exact in expectation for ungrouped layers, the
+    channel means for grouped convs). Vectorised over all quantizers: a fixed number of tensor ops per step, whatever
+    the depth.
     """
 
     def __init__(self, records: list[LayerRecord], modules: Mapping[str, nn.Module], input_bits: int = 8) -> None:
@@ -91,6 +94,8 @@ class ExpectedBops:
         self._a: list[int] = []  # per wrapped layer: index of its input quantizer, or -1
         self._a_const: list[float] = []  # per wrapped layer: constant input bits (used where -1)
         self._macs: list[float] = []
+        producers: list[str | None] = []  # per wrapped layer
+        w_of: dict[str, int] = {}  # layer name -> index of its weight quantizer
         const, total = 0.0, 0.0
         for rec in records:
             total += FLOAT_BITS * FLOAT_BITS * rec.macs
@@ -100,11 +105,14 @@ class ExpectedBops:
                 const += FLOAT_BITS * a_const * rec.macs
                 continue
             self._w.append(self._add(m.weight_quantizer, rec.name))
+            w_of[rec.name] = self._w[-1]
+            producers.append(rec.producer)
             iq = m.input_quantizer
             self._a.append(-1 if iq is None else self._add(iq, rec.name))
             self._a_const.append(a_const)
             self._macs.append(float(rec.macs))
         self._const, self._total = const, max(total, 1.0)
+        self._p = [w_of.get(p, -1) if p is not None else -1 for p in producers]  # producer's weight quantizer or -1
         self._tensors: dict[torch.device, dict[str, Tensor]] = {}
 
     def _add(self, q: nn.Module, layer: str) -> int:
@@ -140,6 +148,8 @@ class ExpectedBops:
                 "a_is_q": (a >= 0).to(torch.float32),
                 "a_const": torch.tensor(self._a_const, dtype=torch.float32, device=device),
                 "macs": torch.tensor(self._macs, dtype=torch.float32, device=device),
+                "p": torch.tensor(self._p, dtype=torch.long, device=device).clamp(min=0),
+                "p_is_q": torch.tensor([float(i >= 0) for i in self._p], dtype=torch.float32, device=device),
             }
             self._tensors = {device: c}
         return c
@@ -167,7 +177,8 @@ class ExpectedBops:
         c = self._constants(self.quantizers[0].log_alpha.device)
         e = self.expected_bits()
         keep = self.keep_probability()
-        w = e[c["w"]] * keep[c["w"]]
+        keep_in = c["p_is_q"] * keep[c["p"]] + (1.0 - c["p_is_q"])
+        w = e[c["w"]] * keep[c["w"]] * keep_in
         a = c["a_is_q"] * e[c["a"]] + (1.0 - c["a_is_q"]) * c["a_const"]
         return 100.0 * (torch.dot(c["macs"], w * a) + self._const) / self._total
 
