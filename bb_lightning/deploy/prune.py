@@ -5,10 +5,13 @@ coupled producer and every consumer's input exactly when
 
 1. every coupled producer (layers whose outputs are added / concatenated / ... into the same tensor channel, as
    torch-pruning's dependency graph finds them) has an all-zero weight row for it too;
-2. the channel is exactly 0 at every consumer's input *after that consumer's input quantizer*, on two different
-   probe inputs (with all weight rows zero the value is input-independent, so two probes decide it). A bias or BN
-   shift that survives an activation, a padded or depthwise conv in between, or a min-max grid whose range excludes
-   0 makes it nonzero;
+2. at every consumer's input *after that consumer's input quantizer* the channel is exactly 0, or, for a consumer
+   that is a ``Linear`` or an ungrouped conv without padding (and without an int32 bias), a constant that is the
+   same on two different probe inputs (with all weight rows zero the value is input-independent, so two probes
+   decide it). Such a constant is folded into the consumer's bias (``bias += W[:, c] * value``, summed over the
+   kernel), which is exact because every output position of an unpadded consumer sees it in full. A constant
+   (a bias or BN shift that survives an activation, a min-max grid whose range excludes 0) in front of a padded or
+   grouped consumer keeps the channel;
 3. the path has no multiplicative op (SE-style gates), no normalisation across channels (LayerNorm, GroupNorm),
    no attention / reshape torch-pruning cannot map, and does not reach the model output.
 
@@ -68,6 +71,43 @@ def _zero_rows(m: nn.Module) -> Tensor:
     return (w.reshape(w.shape[0], -1) == 0).all(1)
 
 
+def _folds_constants(m: nn.Module) -> bool:
+    """Whether a constant input channel of ``m`` can be folded exactly into its bias (no border, no groups)."""
+    if getattr(m, "b_scale", None) is not None or getattr(m, "same_pad", False):
+        return False
+    if isinstance(m, nn.Linear):
+        return True
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        pad = m.padding
+        unpadded = pad == "valid" or (not isinstance(pad, str) and all(int(p) == 0 for p in pad))
+        return unpadded and m.groups == 1
+    return False
+
+
+def _channel_values(x: Tensor, mod: nn.Module, idx: Tensor) -> Tensor:
+    """``[k, S, M]``: the values of the ``k`` channels ``idx`` (``[k, S]`` feature indices each) at the input of
+    ``mod``, ``M`` = batch x positions."""
+    dim = 1 if isinstance(mod, (nn.Conv1d, nn.Conv2d)) else -1
+    k, per = idx.shape
+    return x.movedim(dim, 0)[idx.reshape(-1)].reshape(k, per, -1)
+
+
+def _constant_values(probes: list[dict[nn.Module, Tensor]], mod: nn.Module, idx: Tensor) -> Tensor | None:
+    """``[k, S]``: each feature's value if it is the same at every sample and position of both probes (for a conv:
+    per channel), else None entries marked by NaN."""
+    first = None
+    same = None
+    for rec in probes:
+        v = _channel_values(rec[mod], mod, idx)  # [k, S, M]
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+            v = v.reshape(v.shape[0], 1, -1)  # one value per channel over all positions
+        const = (v == v[..., :1]).all(-1)  # [k, S]
+        val = v[..., 0]
+        same = const if same is None else same & const & (val == first)
+        first = val if first is None else first
+    return torch.where(same, first, torch.full_like(first, float("nan")))
+
+
 def _dep_kind(dep: Any) -> tuple[str, str]:
     """(op type name, handler name) of a torch-pruning dependency."""
     t = dep.target.type
@@ -108,11 +148,12 @@ def _decide(group: Any, cands: list[int], probes: list[dict[nn.Module, Tensor]],
                 x = rec.get(mod)
                 if x is None:
                     return torch.zeros(k, dtype=torch.bool), f"consumer `{name}` was not reached by the probe"
-                dim = 1 if isinstance(mod, (nn.Conv1d, nn.Conv2d)) else -1
-                xs = x.movedim(dim, 0)[idx.view(-1)].reshape(k, -1)
-                zero = (xs == 0).all(1)
+                zero = (_channel_values(x, mod, idx) == 0).reshape(k, -1).all(1)
+                if _folds_constants(mod):
+                    zero |= ~_constant_values(probes, mod, idx).isnan().any(1)
                 if not bool(zero.all()) and not reason:
-                    reason = f"nonzero at the input of `{name}` (bias/BN shift, padding or a range excluding 0)"
+                    reason = (f"nonzero at the input of `{name}` (a bias/BN shift or a range excluding 0, in front of a "
+                              "padded or grouped layer; or a padded/depthwise layer in between)")
                 ok &= zero
     if consumers == 0:
         return torch.zeros(k, dtype=torch.bool), "feeds the model output"
@@ -169,7 +210,7 @@ def remove_pruned_channels(model: nn.Module, example: Tensor) -> tuple[nn.Module
             plans.append((m, chosen))
     original = copy.deepcopy(model) if plans else model
     try:
-        _apply(dg, plans, names, report)
+        _apply(dg, plans, names, report, probes)
     except Exception as err:  # noqa: BLE001 - torch-pruning could not slice: keep everything as zero rows
         for r in report.values():
             r["removed"], r["kept_zero"] = 0, r["kept_zero_all"]
@@ -189,11 +230,34 @@ def _rows(report: dict[str, dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "kept_zero_all"} for r in report.values()]
 
 
-def _apply(dg: Any, plans: list[tuple[Any, list[int]]], names: dict[nn.Module, str], report: dict[str, dict]) -> None:
+def _fold_constant_inputs(mod: nn.Module, idx: Tensor, probes: list[dict[nn.Module, Tensor]]) -> None:
+    """Add the contribution of the constant input features ``idx`` (``[k, S]``) to ``mod``'s bias (creating one)."""
+    values = _constant_values(probes, mod, idx)  # [k, S], no NaN: checked by `_decide`
+    if bool((values == 0).all()):
+        return
+    with torch.no_grad():
+        w = mod.weight.detach()
+        if isinstance(mod, nn.Linear):
+            delta = w[:, idx.reshape(-1)] @ values.reshape(-1).to(w.dtype)
+        else:  # every output position sees the whole kernel of a constant channel (no padding)
+            delta = w[:, idx[:, 0]].reshape(w.shape[0], idx.shape[0], -1).sum(-1) @ values[:, 0].to(w.dtype)
+        if mod.bias is None:
+            mod.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device), requires_grad=False)
+        mod.bias.add_(delta)
+
+
+def _apply(dg: Any, plans: list[tuple[Any, list[int]]], names: dict[nn.Module, str], report: dict[str, dict],
+           probes: list[dict[nn.Module, Tensor]]) -> None:
     done: set[int] = set()
     for m, chosen in plans:
         handler = dg.get_pruner_of_module(m).prune_out_channels
         group = dg.get_pruning_group(m, handler, idxs=chosen)
+        for dep, idxs in group:  # constants that reach an unpadded consumer move into its bias first
+            kind, h = _dep_kind(dep)
+            mod = dep.target.module
+            if kind in ("CONV", "LINEAR") and "in" in h and _folds_constants(mod) and mod in probes[0]:
+                idx = torch.as_tensor(list(idxs), dtype=torch.long).view(len(chosen), -1)
+                _fold_constant_inputs(mod, idx, probes)
         for dep, idxs in group:
             mod = dep.target.module
             kind, h = _dep_kind(dep)

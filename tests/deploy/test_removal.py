@@ -14,10 +14,11 @@ from bb_lightning.deploy import export_onnx, ort_session, to_deploy_model
 class Block(nn.Module):
     """conv-BN-ReLU -> conv-BN-ReLU, a residual partner (conv_b) added to conv2's output, then a linear head."""
 
-    def __init__(self, residual: bool = False) -> None:
+    def __init__(self, residual: bool = False, padded: bool = False) -> None:
         super().__init__()
         self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
-        self.conv2, self.bn2 = nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8)
+        conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False) if padded else nn.Conv2d(8, 8, 1, bias=False)
+        self.conv2, self.bn2 = conv2, nn.BatchNorm2d(8)
         self.residual = residual
         self.conv_b = nn.Conv2d(3, 8, 1)
         self.fc = nn.Linear(8, 4)
@@ -31,9 +32,9 @@ class Block(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
-def _model(residual=False, shift=-1.0):
+def _model(residual=False, shift=-1.0, padded=False):
     torch.manual_seed(0)
-    m = Block(residual).eval()
+    m = Block(residual, padded).eval()
     with torch.no_grad():
         for bn in (m.bn1, m.bn2):
             bn.running_mean.uniform_(-0.1, 0.1)
@@ -74,8 +75,8 @@ def test_removable_channel_is_removed_everywhere_and_changes_no_output(tmp_path)
     _same_outputs(model, cfg, x, masked, dep, tmp_path)
 
 
-def test_channel_whose_bn_shift_survives_the_activation_stays_as_zero_rows():
-    model, x = _model(shift=0.5), torch.randn(4, 3, 8, 8)
+def test_channel_whose_bn_shift_survives_the_activation_stays_as_zero_rows_in_front_of_a_padded_conv():
+    model, x = _model(shift=0.5, padded=True), torch.randn(4, 3, 8, 8)
     cfg = make_config(model, x, weight_bits=(4,), input_bits=(8,))
     _prune(cfg, "conv1", [2])
     dep = to_deploy_model(model, cfg, x)
@@ -97,8 +98,56 @@ def test_residual_coupled_channel_that_one_producer_keeps_is_not_removed():
     assert rows["conv2"]["removed"] == 1 and dep.conv_b.weight.shape[0] == 7 and dep.fc.weight.shape[1] == 7
 
 
+def test_constant_in_front_of_an_unpadded_conv_is_folded_into_its_bias_and_the_channel_removed(tmp_path):
+    model, x = _model(shift=0.5), torch.randn(4, 3, 8, 8)  # conv1's channel 2 emits relu(0.5 - ...) > 0
+    cfg = make_config(model, x, weight_bits=(4,), input_bits=(8,))
+    _prune(cfg, "conv1", [2])
+    masked = to_deploy_model(model, cfg, x, remove_pruned=False)
+    dep = to_deploy_model(model, cfg, x)
+    row = {r["layer"]: r for r in dep.bb_removal_report}["conv1"]
+    assert row["removed"] == 1 and row["kept_zero"] == 0, row
+    assert dep.conv1.weight.shape[0] == 7 and dep.conv2.weight.shape[1] == 7
+    with torch.no_grad():  # the constant really was nonzero: conv2's bias changed by it
+        assert not torch.allclose(dep.conv2.bias, masked.conv2.bias)
+    _same_outputs(model, cfg, x, masked, dep, tmp_path)
+
+
+class FlatNet(nn.Module):
+    """conv -> ReLU -> conv -> ReLU -> flatten -> linear -> ReLU -> linear, all with biases: a pruned channel is its
+    ReLU'd bias, a constant (16 features each after the flatten)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 3), nn.Conv2d(6, 4, 3)
+        self.fc1, self.fc = nn.Linear(4 * 4 * 4, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.conv1(x))
+        y = torch.relu(self.conv2(y))
+        return self.fc(torch.relu(self.fc1(torch.flatten(y, 1))))
+
+
+def test_constants_after_flatten_fold_into_the_linear_consumer(tmp_path):
+    torch.manual_seed(0)
+    model, x = FlatNet().eval(), torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        model.conv1.bias.fill_(0.3)
+        model.conv2.bias.fill_(0.2)
+        model.fc1.bias.fill_(0.1)
+    cfg = make_config(model, x, weight_bits=(4,), input_bits=(4,))
+    _prune(cfg, "conv1", [1, 4])  # into conv2, an unpadded 3x3 conv
+    _prune(cfg, "conv2", [0, 3])  # into fc1 through the flatten (16 features each)
+    _prune(cfg, "fc1", [5])  # into the classifier
+    masked = to_deploy_model(model, cfg, x, remove_pruned=False)
+    dep = to_deploy_model(model, cfg, x)
+    rows = {r["layer"]: r for r in dep.bb_removal_report}
+    assert [rows[n]["removed"] for n in ("conv1", "conv2", "fc1")] == [2, 2, 1], rows
+    assert dep.conv2.weight.shape[:2] == (2, 4) and dep.fc1.weight.shape == (7, 32) and dep.fc.weight.shape[1] == 7
+    _same_outputs(model, cfg, x, masked, dep, tmp_path)
+
+
 def test_minmax_consumer_grid_that_excludes_zero_keeps_the_channel():
-    model, x = _model(), torch.randn(4, 3, 8, 8)
+    model, x = _model(padded=True), torch.randn(4, 3, 8, 8)
     cfg = make_config(model, x, weight_bits=(4,), input_bits=(8,))
     _prune(cfg, "conv1", [2])
     cfg.layers["conv2"]["input"] = {"bits": 4, "signed": False, "range": [0.05, 2.0], "grid": "minmax"}
