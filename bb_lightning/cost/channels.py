@@ -123,14 +123,16 @@ class _Tracker(TorchFunctionMode):
         if tag is None:
             return out
         res = out[0] if isinstance(out, tuple) and out and isinstance(out[0], Tensor) else out
-        if isinstance(res, Tensor) and res is not src:
-            new = _propagate(getattr(func, "__name__", ""), tag, src, res, args, kwargs)
-            if new is not None:
-                self.set_tag(res, new)
-        elif res is src:  # in-place op: the result is the source itself
-            new = _propagate(getattr(func, "__name__", ""), tag, src, res, args, kwargs)
+        name = getattr(func, "__name__", "")
+        try:
+            new = _propagate(name, tag, src, res, args, kwargs) if isinstance(res, Tensor) else None
+        except Exception:  # noqa: BLE001 - an op this module does not understand mixes channels, as far as it knows
+            new = None
+        if res is src or name == "__setitem__":  # written in place: the source keeps its tag only if still per-channel
             if new is None:
                 self.tags.pop(id(src), None)
+        elif new is not None:
+            self.set_tag(res, new)
         return out
 
 
