@@ -84,28 +84,17 @@ def _folds_constants(m: nn.Module) -> bool:
     return False
 
 
-def _channel_values(x: Tensor, mod: nn.Module, idx: Tensor) -> Tensor:
-    """``[k, S, M]``: the values of the ``k`` channels ``idx`` (``[k, S]`` feature indices each) at the input of
-    ``mod``, ``M`` = batch x positions."""
-    dim = 1 if isinstance(mod, (nn.Conv1d, nn.Conv2d)) else -1
+def _constant_values(probes: list[dict[nn.Module, Tensor]], mod: nn.Module, idx: Tensor) -> Tensor:
+    """``[k, S]``: the value of each of the ``k`` channels ``idx`` (``[k, S]`` feature indices each) at the input of
+    ``mod`` where it is the same at every sample (and, for a conv, every position) of every probe, else NaN."""
+    conv = isinstance(mod, (nn.Conv1d, nn.Conv2d))
     k, per = idx.shape
-    return x.movedim(dim, 0)[idx.reshape(-1)].reshape(k, per, -1)
-
-
-def _constant_values(probes: list[dict[nn.Module, Tensor]], mod: nn.Module, idx: Tensor) -> Tensor | None:
-    """``[k, S]``: each feature's value if it is the same at every sample and position of both probes (for a conv:
-    per channel), else None entries marked by NaN."""
-    first = None
-    same = None
-    for rec in probes:
-        v = _channel_values(rec[mod], mod, idx)  # [k, S, M]
-        if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
-            v = v.reshape(v.shape[0], 1, -1)  # one value per channel over all positions
-        const = (v == v[..., :1]).all(-1)  # [k, S]
-        val = v[..., 0]
-        same = const if same is None else same & const & (val == first)
-        first = val if first is None else first
-    return torch.where(same, first, torch.full_like(first, float("nan")))
+    # [k, S, samples x positions x probes]; a conv channel is one feature over all its positions
+    v = torch.cat([rec[mod].movedim(1 if conv else -1, 0)[idx.reshape(-1)].reshape(k, per, -1) for rec in probes], -1)
+    if conv:
+        v = v.reshape(k, 1, -1)
+    first = v[..., 0]
+    return torch.where((v == v[..., :1]).all(-1), first, torch.full_like(first, float("nan")))
 
 
 def _dep_kind(dep: Any) -> tuple[str, str]:
@@ -142,19 +131,18 @@ def _decide(group: Any, cands: list[int], probes: list[dict[nn.Module, Tensor]],
             if not bool(zero.all()) and not reason:
                 reason = f"coupled producer `{name}` keeps it"
             ok &= zero
-        if "in" in handler or kind == "DEPTHWISE_CONV":  # a consumer: its quantized input must be exactly 0
+        if "in" in handler or kind == "DEPTHWISE_CONV":  # a consumer: its quantized input must be 0 (or foldable)
             consumers += 1
-            for rec in probes:
-                x = rec.get(mod)
-                if x is None:
-                    return torch.zeros(k, dtype=torch.bool), f"consumer `{name}` was not reached by the probe"
-                zero = (_channel_values(x, mod, idx) == 0).reshape(k, -1).all(1)
-                if _folds_constants(mod):
-                    zero |= ~_constant_values(probes, mod, idx).isnan().any(1)
-                if not bool(zero.all()) and not reason:
-                    reason = (f"nonzero at the input of `{name}` (a bias/BN shift or a range excluding 0, in front of a "
-                              "padded or grouped layer; or a padded/depthwise layer in between)")
-                ok &= zero
+            if any(mod not in rec for rec in probes):
+                return torch.zeros(k, dtype=torch.bool), f"consumer `{name}` was not reached by the probe"
+            values = _constant_values(probes, mod, idx)
+            zero = (values == 0).all(1)
+            if _folds_constants(mod):
+                zero |= ~values.isnan().any(1)
+            if not bool(zero.all()) and not reason:
+                reason = (f"nonzero at the input of `{name}` (a bias/BN shift or a range excluding 0, in front of a "
+                          "padded or grouped layer; or a padded/depthwise layer in between)")
+            ok &= zero
     if consumers == 0:
         return torch.zeros(k, dtype=torch.bool), "feeds the model output"
     return ok, reason
