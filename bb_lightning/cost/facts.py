@@ -101,12 +101,13 @@ class LayerCost:
 
 def credit_input_pruning(
     costs: list[LayerCost], producers: Mapping[str, str | None], masks: Mapping[str, Tensor | None],
-    in_widths: Mapping[str, int],
+    shapes: Mapping[str, tuple[int, ...]],
 ) -> None:
     """Set ``kept_macs`` of every layer whose producer prunes channels (in place).
 
     ``producers``: layer -> producer layer (or None); ``masks``: layer -> bool keep mask ``[C_out]`` (None = all
-    kept); ``in_widths``: layer -> input channels per group of its weight (``weight_shape[1]``).
+    kept); ``shapes``: layer -> weight shape. A conv weight ``[C_out, C_in / groups, ...]`` gives the groups; a linear
+    (2-d weight) has one, also after a flatten (every channel then has the same number of features).
     """
     for c in costs:
         prod = producers.get(c.name)
@@ -116,11 +117,8 @@ def credit_input_pruning(
         keep_in = keep_in.detach().to("cpu", torch.float64).view(-1)
         keep_out = masks.get(c.name)
         keep_out = torch.ones(c.channels, dtype=torch.float64) if keep_out is None else keep_out.to("cpu", torch.float64)
-        width = int(in_widths.get(c.name, 0))
-        if c.type.startswith("Conv") and width and keep_in.numel() % width == 0 and keep_in.numel() >= width:
-            groups = keep_in.numel() // width
-        else:
-            groups = 1  # linear (after a flatten, every channel has the same number of features) or plain conv
+        shape = tuple(shapes[c.name])
+        groups = keep_in.numel() // shape[1] if len(shape) > 2 and keep_in.numel() % shape[1] == 0 else 1
         if c.channels % groups:
             continue
         in_frac = keep_in.view(groups, -1).mean(1).repeat_interleave(c.channels // groups)  # [C_out]
@@ -153,8 +151,7 @@ def layer_costs(records: list[LayerRecord], modules: Mapping[str, nn.Module], in
                 a_bits = iq.hard_bits()
         out.append(LayerCost(rec.name, rec.macs, rec.params, w_bits, a_bits, kept, channels, w_mean, quantized, rec.type))
         masks[rec.name] = mask
-    credit_input_pruning(out, {r.name: r.producer for r in records}, masks,
-                         {r.name: r.weight_shape[1] if len(r.weight_shape) > 1 else 0 for r in records})
+    credit_input_pruning(out, {r.name: r.producer for r in records}, masks, {r.name: r.weight_shape for r in records})
     return out
 
 
@@ -187,9 +184,9 @@ def config_costs(config: Any) -> list[LayerCost]:
             mask = torch.zeros(channels, dtype=torch.bool)
             mask[torch.as_tensor(layer["kept_channels"], dtype=torch.long)] = True
             masks[name] = mask
-    credit_input_pruning(out, {n: layer.get("producer") for n, layer in config.layers.items()}, masks,
-                         {n: int(layer["weight_shape"][1]) if len(layer["weight_shape"]) > 1 else 0
-                          for n, layer in config.layers.items()})
+    layers = config.layers.items()
+    credit_input_pruning(out, {n: layer.get("producer") for n, layer in layers}, masks,
+                         {n: layer["weight_shape"] for n, layer in layers})
     return out
 
 

@@ -110,7 +110,7 @@ def test_credit_matches_macs_of_the_physically_sliced_network():
     assert [r.producer for r in recs] == [None, "0", "2", "4"]
     costs = [LayerCost(r.name, r.macs, r.params, 8, 8, int(keep[r.name].sum()) if keep[r.name] is not None else
                        r.weight_shape[0], r.weight_shape[0], type=r.type) for r in recs]
-    credit_input_pruning(costs, {r.name: r.producer for r in recs}, keep, {r.name: r.weight_shape[1] for r in recs})
+    credit_input_pruning(costs, {r.name: r.producer for r in recs}, keep, {r.name: r.weight_shape for r in recs})
 
     # the sliced network, counted by hand: pruned output channels and the consumers' matching inputs are gone
     k0, k2, k4 = (int(keep[n].sum()) for n in ("0", "2", "4"))

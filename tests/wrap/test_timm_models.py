@@ -516,7 +516,7 @@ def test_config_roundtrip_and_relative_bops(arch: Arch, tmp_path):
                 kept += 1.0
                 continue
             c_in = loaded.layers[rec.producer]["weight_shape"][0]
-            width = rec.weight_shape[1] if rec.type.startswith("Conv") else c_in  # inputs per group
+            width = rec.weight_shape[1] if len(rec.weight_shape) > 2 else c_in  # inputs per group (conv weights)
             groups = c_in // width
             g = o // (channels // groups)
             inputs = range(g * width, (g + 1) * width)
