@@ -20,7 +20,11 @@ scales a channel that the batch statistics normalise again, so the task loss can
   percent (the product of weight and input bits) instead of the paper's additive penalty;
 * ``bp-<lambda>``: ``BitPruning(strength=lambda)``, likewise;
 * ``bp1-<lambda>``: ``BitPruning(strength=lambda, min_bits=1)``: bitlengths may go down to 1 (the spec's range is
-  1 ... n_max; the default floor is 2), the only way BitPruning, which prunes no channels, can go below w2a2.
+  1 ... n_max; the default floor is 2), the only way BitPruning, which prunes no channels, can go below w2a2;
+* ``bpr-<lambda>``: ``BitPruning(strength=lambda, learn_ranges=True)``: ranges learned from their min-max start, as
+  the uniform baselines' are, instead of the paper's min-max statistics (spec R3);
+* ``mm<b>`` (diagnostic, ``--minmax-bits``): every site fixed at ``b`` bits on BitPruning's min-max grid
+  (``BitPruning(strength=0, init_bits=b, min_bits=b, max_bits=b)``), i.e. the uniform baseline without learned ranges.
 
 Each finished run is appended to ``<out>/results.jsonl`` (so interrupted sweeps resume and several processes can
 share a folder) with its exported config, so its costs can be recounted (``--recount``) when the counting rules
@@ -49,7 +53,7 @@ UNIFORM = (8, 6, 4, 3, 2)
 
 def _variants(
     bb_strengths: list[float], bp_strengths: list[float], fold_bn: str = "none", bbe_strengths: tuple[float, ...] = (),
-    bp1_strengths: tuple[float, ...] = (),
+    bp1_strengths: tuple[float, ...] = (), minmax_bits: tuple[int, ...] = (), bpr_strengths: tuple[float, ...] = (),
 ) -> dict[str, Callable[[], Any]]:
     from bb_lightning import BayesianBits, BitPruning, QuantizationSearch
     from bb_lightning.cost.penalty import CostConfig
@@ -68,6 +72,10 @@ def _variants(
     out.update({f"bp-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, fold_bn=fold_bn)) for lam in bp_strengths})
     out.update({f"bp1-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, min_bits=1.0, fold_bn=fold_bn))
                 for lam in bp1_strengths})
+    out.update({f"bpr-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, learn_ranges=True, fold_bn=fold_bn))
+                for lam in bpr_strengths})
+    out.update({f"mm{b}": (lambda b=b: BitPruning(strength=0.0, init_bits=b, min_bits=b, max_bits=b, fold_bn=fold_bn))
+                for b in minmax_bits})
     return out
 
 
@@ -84,6 +92,10 @@ def family(name: str) -> str:
         return "BitPruning"
     if name.startswith("bp1-"):
         return "BitPruning, min 1 bit"
+    if name.startswith("bpr-"):
+        return "BitPruning, learned ranges"
+    if name.startswith("mm"):
+        return "uniform, min-max"
     return "uniform"
 
 
@@ -184,8 +196,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "wbits": statistics.mean(r["wbits"] for r in rs), "abits": statistics.mean(r["abits"] for r in rs),
             "seeds": sorted(r["seed"] for r in rs),
         })
-    order = {"float": 0, "uniform": 1, "Bayesian Bits": 2, "Bayesian Bits, E[BOPs]": 3, "BitPruning": 4,
-             "BitPruning, min 1 bit": 5}
+    order = {"float": 0, "uniform": 1, "uniform, min-max": 2, "Bayesian Bits": 3, "Bayesian Bits, E[BOPs]": 4,
+             "BitPruning": 5, "BitPruning, min 1 bit": 6, "BitPruning, learned ranges": 7}
     return sorted(out, key=lambda a: (order[a["family"]], -a["rbops"]))
 
 
@@ -215,7 +227,8 @@ def table(aggs: list[dict[str, Any]], header: str) -> str:
                      f"{a['wbits']:.2f} / {a['abits']:.2f} | {a['pruned']:.1f} | {a['wall']:.0f} |")
     uniform = [a for a in aggs if a["family"] == "uniform"]
     lines.append("")
-    for fam in ("Bayesian Bits", "Bayesian Bits, E[BOPs]", "BitPruning", "BitPruning, min 1 bit"):
+    for fam in ("Bayesian Bits", "Bayesian Bits, E[BOPs]", "BitPruning", "BitPruning, min 1 bit",
+                "BitPruning, learned ranges"):
         pts = [a for a in aggs if a["family"] == fam]
         if not pts or not uniform:
             continue
@@ -241,7 +254,8 @@ def plot(aggs: list[dict[str, Any]], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
     styles = {"uniform": ("tab:gray", "s"), "Bayesian Bits": ("tab:blue", "o"),
               "Bayesian Bits, E[BOPs]": ("tab:green", "D"), "BitPruning": ("tab:orange", "^"),
-              "BitPruning, min 1 bit": ("tab:red", "v")}
+              "BitPruning, min 1 bit": ("tab:red", "v"), "BitPruning, learned ranges": ("tab:purple", "P"),
+              "uniform, min-max": ("tab:brown", "x")}
     for fam, (color, marker) in styles.items():
         pts = [a for a in aggs if a["family"] == fam]
         if not pts:
@@ -285,6 +299,9 @@ def main() -> None:
     parser.add_argument("--bbe-strengths", default="", help="mu of Bayesian Bits with regularizer='expected_bops'")
     parser.add_argument("--bp-strengths", default="0.03,0.1,0.3,1")
     parser.add_argument("--bp1-strengths", default="", help="lambda of BitPruning with min_bits=1")
+    parser.add_argument("--bpr-strengths", default="", help="lambda of BitPruning with learn_ranges=True")
+    parser.add_argument("--minmax-bits", default="",
+                        help="widths of the diagnostic `mm<b>`: every site at b bits on BitPruning's min-max grid")
     parser.add_argument("--only", default="", help="comma-separated subset of variants (e.g. float,w4a4,bb-0.01)")
     parser.add_argument("--fold-bn", default="none", choices=["none", "train", "static"],
                         help="BatchNorm folding of every quantized variant (the callbacks' fold_bn)")
@@ -307,7 +324,9 @@ def main() -> None:
         variants = _variants([float(v) for v in args.bb_strengths.split(",") if v],
                              [float(v) for v in args.bp_strengths.split(",") if v], args.fold_bn,
                              tuple(float(v) for v in args.bbe_strengths.split(",") if v),
-                             tuple(float(v) for v in args.bp1_strengths.split(",") if v))
+                             tuple(float(v) for v in args.bp1_strengths.split(",") if v),
+                             tuple(int(v) for v in args.minmax_bits.split(",") if v),
+                             tuple(float(v) for v in args.bpr_strengths.split(",") if v))
         names = [n for n in args.only.split(",") if n] or list(variants)
         unknown = sorted(set(names) - set(variants))
         if unknown:

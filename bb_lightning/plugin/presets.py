@@ -171,6 +171,9 @@ class BitPruning(QuantizationSearch):
         rounding: ``"ceil"`` (``ceil(n - rounding_eps)``, default), ``"round"`` or ``"floor"``.
         rounding_eps: slack of ``"ceil"``.
         ema_momentum: momentum of the running min/max of input activations.
+        learn_ranges: learn every range from its min-max start (straight-through gradients, the ``"ranges"`` group)
+            instead of keeping min-max statistics (the paper's quantizer); better at 2-3 bits (spec R3).
+        range_lr: learning rate of the ``"ranges"`` group with ``learn_ranges`` (default 1e-3).
         bit_lr: learning rate of the ``"bits"`` group (shorthand for ``group_lrs["bits"]``); unset: derived from
             the run's length so a bitlength can travel from ``init_bits`` to ``min_bits`` in the first quarter of
             the search steps (`bb_lightning.plugin.search_defaults`; the spec suggests 1e-2 with Adam). A value that
@@ -196,17 +199,20 @@ class BitPruning(QuantizationSearch):
         rounding: str = "ceil",
         rounding_eps: float = 0.05,
         ema_momentum: float = 0.9,
+        learn_ranges: bool = False,
+        range_lr: float | None = None,
         bit_lr: float | None = None,
         **kwargs: Any,
     ) -> None:
         method = BitPruningConfig(
             init_bits=init_bits, min_bits=min_bits, max_bits=max_bits, weight_granularity=weight_granularity,
             group_size=group_size, rounding=rounding, rounding_eps=rounding_eps, ema_momentum=ema_momentum,
+            learn_ranges=learn_ranges,
         )
         cost = BitCostConfig(
             kind=regularizer, strength=strength, target=target, budget_mode=budget_mode, dual_lr=dual_lr
         )
-        group_lrs = _group_lrs(kwargs.pop("group_lrs", None), bits=bit_lr)
+        group_lrs = _group_lrs(kwargs.pop("group_lrs", None), bits=bit_lr, ranges=range_lr)
         super().__init__(method, cost, group_lrs=group_lrs, **kwargs)
         self.search_travel = {"bits": bit_pruning_travel(method.init_bits, method.min_bits)}
 

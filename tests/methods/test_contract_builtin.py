@@ -27,3 +27,10 @@ class TestBitPruningPerChannelContract(QuantizerContract):
 
     def make_config(self):
         return BitPruningConfig(init_bits=4.5, weight_granularity="group", group_size=2)
+
+
+class TestBitPruningLearnedRangesContract(QuantizerContract):
+    method = "bit_pruning"
+
+    def make_config(self):
+        return BitPruningConfig(init_bits=3.5, weight_granularity="channel", learn_ranges=True)

@@ -107,6 +107,36 @@ def test_apply_config_reproduces_the_searched_model(tmp_path):
         torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
 
 
+def test_learned_ranges_train_in_their_group_and_the_export_reproduces_the_model(tmp_path):
+    model = tiny_module()
+    seen = {}
+
+    class Probe(Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen.update({g.get("bb_lightning"): g for g in trainer.optimizers[0].param_groups})
+
+    cb = BitPruning(strength=1.0, learn_ranges=True, range_lr=0.01, init_bits=3.0, finetune_epochs=1)
+    trainer(tmp_path, [cb, Probe()], max_epochs=2, limit_train_batches=4).fit(model, datamodule=digits())
+    assert seen["ranges"]["lr"] == 0.01 and seen["ranges"]["weight_decay"] == 0.0
+    state = get_state(model)
+    moved = 0
+    for name, m in state.modules.items():
+        q = m.weight_quantizer
+        lo, hi = torch.aminmax(m._bb_adapter.weight(m).detach())
+        moved += int(not torch.equal(torch.stack([lo, hi]), torch.stack([q.lo.detach(), q.hi.detach()])))
+        spec = cb.config.layers[name]["weight"]
+        assert spec["range"] == pytest.approx([q.lo.item(), q.hi.item()])  # the learned range is what is exported
+    assert moved == len(state.modules), "every learned weight range left its min/max"
+    fresh = tiny_module().model
+    fresh.load_state_dict({k: v for k, v in model.model.state_dict().items() if "quantizer" not in k})
+    apply_config(fresh, cb.config_path)
+    model.eval()
+    fresh.eval()
+    x = torch.randn(6, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("budget_mode", ["hinge", "dual"])
 def test_resume_mid_search_is_exact(tmp_path, budget_mode):
     def run(root, max_epochs, ckpt_path=None, callbacks=()):

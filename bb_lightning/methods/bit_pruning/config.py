@@ -35,6 +35,9 @@ class BitPruningConfig:
         rounding: how ``n`` becomes an integer at the end of the search (``"ceil"``, ``"round"``, ``"floor"``).
         rounding_eps: slack of ``"ceil"``: ``b = ceil(n - rounding_eps)`` (e.g. 4.03 -> 4).
         ema_momentum: momentum of the running min/max of input activations (weights use their live min/max).
+        learn_ranges: learn each range ``(lo, hi)`` from its min-max start with straight-through gradients (the
+            ``"ranges"`` optimizer group), instead of the paper's min-max statistics (spec R3: at 2-3 bits a min-max
+            range spends levels on outliers). The lower end of an unsigned tensor (``min >= 0``) stays fixed.
     """
 
     init_bits: float = 8.0
@@ -45,6 +48,7 @@ class BitPruningConfig:
     rounding: Rounding | str = Rounding.CEIL
     rounding_eps: float = 0.05
     ema_momentum: float = 0.9
+    learn_ranges: bool = False
 
     def __post_init__(self) -> None:
         self.min_bits = number_in("min_bits", self.min_bits, 1, 16)
@@ -57,3 +61,5 @@ class BitPruningConfig:
         self.rounding = enum_value(Rounding, "rounding", self.rounding)
         self.rounding_eps = number_in("rounding_eps", self.rounding_eps, 0.0, 0.5)
         self.ema_momentum = number_in("ema_momentum", self.ema_momentum, 0.0, 0.9999)
+        if not isinstance(self.learn_ranges, bool):
+            raise BBConfigError(f"Expected `learn_ranges` to be a bool, but got {self.learn_ranges!r}.")

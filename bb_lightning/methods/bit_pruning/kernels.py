@@ -20,6 +20,16 @@ from torch import Tensor
 from ...core.minmax import _clip, _span, _step
 
 
+def _sum_product(grad: Tensor, t: Tensor, shape: torch.Size) -> Tensor:
+    """``(grad * t)`` summed to ``shape`` (0-dim, all-ones, or ``[C, 1, ...]`` per output channel)."""
+    if not len(shape) or all(d == 1 for d in shape):
+        return torch.dot(grad.reshape(-1), t.reshape(-1)).reshape(shape)
+    if shape[0] == grad.shape[0] and all(d == 1 for d in shape[1:]):  # per output channel: batched dots
+        c = grad.shape[0]
+        return torch.bmm(grad.reshape(c, 1, -1), t.reshape(c, -1, 1)).reshape(shape)
+    return (grad * t).sum_to_size(shape)
+
+
 class _FractionalQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, n: Tensor, lo: Tensor, hi: Tensor) -> Tensor:  # type: ignore[override]
@@ -29,37 +39,48 @@ class _FractionalQuantize(torch.autograd.Function):
         u, inside = _clip(x, lo, span)
         s0, s1 = _step(span, f), _step(span, f + 1.0)
         q0 = torch.div(u, s0).round_().mul_(s0)
+        learn_range = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
+        err = q0 - u if learn_range else None  # Q_f - clip(x), before u's buffer is reused
         delta = u.div_(s1).round_().mul_(s1).sub_(q0)  # Q_{f+1} - Q_f, in the buffer of u
-        ctx.save_for_backward(inside, delta)
-        ctx.n_shape = n.shape
-        return torch.addcmul(q0.add_(lo), a, delta)
+        out = torch.addcmul(q0.add_(lo), a, delta)
+        if learn_range:
+            # d out / d hi: (Q_n - clip(x)) / span inside, 1 above the range, 0 below (0 on the inside mask's
+            # complement first, then the above part added)
+            d_hi = err.addcmul_(a, delta).div_(span).mul_(inside).add_(x > lo + span)
+            ctx.save_for_backward(inside, delta, d_hi)
+        else:
+            ctx.save_for_backward(inside, delta)
+        ctx.shapes = (n.shape, lo.shape, hi.shape)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        inside, delta = ctx.saved_tensors
+        inside, delta, *rest = ctx.saved_tensors
+        n_shape, lo_shape, hi_shape = ctx.shapes
         grad_x = grad * inside if ctx.needs_input_grad[0] else None
-        grad_n = None
-        if ctx.needs_input_grad[1]:
-            shape = ctx.n_shape
-            if not len(shape) or all(d == 1 for d in shape):
-                grad_n = torch.dot(grad.reshape(-1), delta.reshape(-1)).reshape(shape)
-            elif shape[0] == grad.shape[0] and all(d == 1 for d in shape[1:]):  # per output channel: batched dots
-                c = grad.shape[0]
-                grad_n = torch.bmm(grad.reshape(c, 1, -1), delta.reshape(c, -1, 1)).reshape(shape)
-            else:
-                grad_n = (grad * delta).sum_to_size(shape)
-        return grad_x, grad_n, None, None
+        grad_n = _sum_product(grad, delta, n_shape) if ctx.needs_input_grad[1] else None
+        grad_lo = grad_hi = None
+        if rest:
+            (d_hi,) = rest
+            g_hi = _sum_product(grad, d_hi, hi_shape)
+            grad_hi = g_hi if ctx.needs_input_grad[3] else None
+            if ctx.needs_input_grad[2]:  # d out / d lo = 1 outside the range - d out / d hi
+                grad_lo = _sum_product(grad, (~inside).to(grad.dtype), lo_shape) - g_hi.reshape(lo_shape)
+        return grad_x, grad_n, grad_lo, grad_hi
 
 
-def fractional_quantize(x: Tensor, n: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """``Q_n(x)`` for a real bitlength ``n >= 1`` (0-dim or broadcastable to ``x``); differentiable in ``x`` and ``n``.
+def fractional_quantize(x: Tensor, n: Tensor, lo: Tensor, hi: Tensor, learn_range: bool = False) -> Tensor:
+    """``Q_n(x)`` for a real bitlength ``n >= 1`` (0-dim or broadcastable to ``x``); differentiable in ``x`` and ``n``,
+    and in ``lo``/``hi`` with ``learn_range`` (pass ``lo.detach()`` to learn ``hi`` only).
 
     >>> x = torch.tensor([-0.2, 0.3])
     >>> lo, hi = torch.tensor(-1.0), torch.tensor(1.0)
     >>> fractional_quantize(x, torch.tensor(2.5), lo, hi)  # halfway between the 2- and 3-bit grids
     tensor([-0.2381,  0.3810])
     """
-    return _FractionalQuantize.apply(x, n, lo.detach(), hi.detach())
+    if not learn_range:
+        lo, hi = lo.detach(), hi.detach()
+    return _FractionalQuantize.apply(x, n, lo, hi)
 
 
 __all__ = ["fractional_quantize"]

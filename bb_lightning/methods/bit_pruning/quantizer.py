@@ -4,7 +4,7 @@ Training uses the interpolated quantizer ``Q_n`` of `bb_lightning.methods.bit_pr
 evaluation and the frozen (fine-tuning) phase use the integer grid at the rounded bitlength, i.e. exactly what is exported.
 Ranges are statistics, not parameters (spec 1.2): weights use their live min/max (per output channel when the
 bitlength is per channel or group), input activations a running (EMA) min/max updated in training and fixed in
-evaluation.
+evaluation. With ``learn_ranges`` they start there and are then learned (spec R3; `kernels.fractional_quantize`).
 """
 
 from __future__ import annotations
@@ -57,8 +57,13 @@ class BitPruningQuantizer(QuantizerBase):
             self.register_buffer("_group_index", None, persistent=False)
             self.group_size = 0
             range_shape = ()
-        self.register_buffer("lo", torch.zeros(range_shape))
-        self.register_buffer("hi", torch.ones(range_shape))
+        self.learns_ranges = bool(config.learn_ranges)
+        if self.learns_ranges:
+            self.lo = nn.Parameter(torch.zeros(range_shape))
+            self.hi = nn.Parameter(torch.ones(range_shape))
+        else:
+            self.register_buffer("lo", torch.zeros(range_shape))
+            self.register_buffer("hi", torch.ones(range_shape))
 
     # ----- bitlengths -------------------------------------------------------------------------------------
     def _channel_n(self, n: Tensor) -> Tensor:
@@ -99,16 +104,21 @@ class BitPruningQuantizer(QuantizerBase):
         return "channel" if self.group_size == 1 else f"group:{self.group_size}"
 
     def constrain_(self) -> None:
-        if not self.frozen:
-            with torch.no_grad():
+        with torch.no_grad():
+            if not self.frozen:
                 self.bitlength.clamp_(self.config.min_bits, self.config.max_bits)
+            if self.learns_ranges:  # a learned range never inverts
+                torch.maximum(self.hi, self.lo + 1e-6, out=self.hi)
 
     def freeze(self) -> None:
         super().freeze()
         self.bitlength.requires_grad_(False)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"bits": [self.bitlength]}  # frozen (requires_grad=False) bitlengths are left out by the callback
+        groups = {"bits": [self.bitlength]}  # frozen (requires_grad=False) bitlengths are left out by the callback
+        if self.learns_ranges:
+            groups["ranges"] = [self.lo, self.hi]
+        return groups
 
     def log_details(self) -> dict[str, Tensor]:
         """Per-quantizer values for dashboards: the continuous bitlength(s)."""
@@ -124,6 +134,12 @@ class BitPruningQuantizer(QuantizerBase):
 
     @torch.no_grad()
     def observe_weight(self, weight: Tensor) -> None:
+        """Min-max ranges: take the weight's current min/max (learned ranges keep their values)."""
+        if not self.learns_ranges:
+            self._set_weight_range(weight)
+
+    @torch.no_grad()
+    def _set_weight_range(self, weight: Tensor) -> None:
         lo, hi = self._weight_stats(weight)
         self.lo.copy_(lo)
         self.hi.copy_(hi)
@@ -135,7 +151,7 @@ class BitPruningQuantizer(QuantizerBase):
         if rng is None:
             return
         if self.role == "weight":
-            self.observe_weight(x)  # per output channel when the bitlengths are
+            self._set_weight_range(x)  # per output channel when the bitlengths are
         else:
             self.lo.copy_(rng[0])
             self.hi.copy_(rng[1])
@@ -143,16 +159,29 @@ class BitPruningQuantizer(QuantizerBase):
         self.signed.fill_(signed)
         self.initialized.fill_(True)
         self._signed, self._initialized = signed, True
+        self._fix_unsigned_lo()
+
+    def _fix_unsigned_lo(self) -> None:
+        """A learned range of an unsigned tensor keeps its lower end (0 for ReLU outputs): not trainable."""
+        if self.learns_ranges:
+            self.lo.requires_grad_(self._signed)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._fix_unsigned_lo()
 
     def range(self) -> tuple[float, float]:
         """The overall clip range ``(lo, hi)`` (over all channels for per-channel ranges)."""
-        return float(self.lo.min()), float(self.hi.max())
+        return float(self.lo.detach().min()), float(self.hi.detach().max())
 
     def channel_ranges(self) -> Tensor | None:
         """``[C, 2]`` per-output-channel ``(lo, hi)``, or ``None`` for a per-tensor range."""
-        return torch.stack([self.lo, self.hi], dim=1) if self.lo.dim() else None
+        return torch.stack([self.lo.detach(), self.hi.detach()], dim=1) if self.lo.dim() else None
 
     def _ranges(self, x: Tensor, update: bool = True) -> tuple[Tensor, Tensor]:
+        if self.learns_ranges:  # parameters; an unsigned tensor keeps its lower end (0 for ReLU outputs)
+            lo = self.lo if self._signed else self.lo.detach()
+            return self.channel_view(lo, x.dim()), self.channel_view(self.hi, x.dim())
         if self.role == "weight":
             lo, hi = self._weight_stats(x)
             with torch.no_grad():
@@ -181,10 +210,16 @@ class BitPruningQuantizer(QuantizerBase):
 
     def _forward(self, x: Tensor, update: bool = True) -> Tensor:
         lo, hi = self._ranges(x, update)
-        if self.frozen or not self.training:
+        if not self.training:
             return minmax_quantize(x, lo, hi, self.channel_view(self.rounded_bits(), x.dim()))
-        return fractional_quantize(x, self.channel_view(self.expected_bits(), x.dim()), lo, hi)
+        if self.frozen:
+            bits = self.channel_view(self.rounded_bits(), x.dim())
+            if not self.learns_ranges:
+                return minmax_quantize(x, lo, hi, bits)
+            return fractional_quantize(x, bits, lo, hi, learn_range=True)  # integer bits: Q_b, with range gradients
+        return fractional_quantize(x, self.channel_view(self.expected_bits(), x.dim()), lo, hi, self.learns_ranges)
 
     def extra_repr(self) -> str:
         gran = "tensor" if not self.per_channel else f"channels/{self.group_size}"
-        return f"role={self.role}, channels={self.num_channels}, granularity={gran}"
+        ranges = "learned" if self.learns_ranges else "min-max"
+        return f"role={self.role}, channels={self.num_channels}, granularity={gran}, ranges={ranges}"
