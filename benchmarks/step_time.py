@@ -10,7 +10,8 @@ Prints, per optimizer (momentum SGD and Adam by default), median step times and 
 * ``naive``: a straightforward port of the reference formulation (five STE roundings per tensor, nested residuals,
   Python branching on sampled gates), on the same gates as ``search``, for comparison;
 * ``bitprune`` / ``bitprune-ch`` (opt-in via ``--variants``): BitPruning mid-search (n = 5.5 everywhere, both grids
-  evaluated per site), per-tensor / per-channel weight bitlengths.
+  evaluated per site), per-tensor / per-channel weight bitlengths; ``bitprune-lr`` / ``bitprune-ch-lr`` the same with
+  learned ranges (``learn_ranges=True``).
 
 Steps are interleaved (fp32, gated, fp32, ...) so that machine noise hits all variants alike. Target (issue #2):
 ratio <= 1.5 for resnet18, 32x32, batch 32, 2 threads. Never asserted in tests.
@@ -77,8 +78,9 @@ def build(model_name: str, size: int, variant: str) -> tuple[nn.Module, Any]:
         return model, None
     records = plan_layers(model, WrapConfig(), torch.randn(1, 3, size, size))
     if variant.startswith("bitprune"):  # BitPruning mid-search: fractional bitlengths, both grids per site
-        gran = "channel" if variant.endswith("-ch") else "tensor"
-        modules = apply_plan(model, records, "bit_pruning", BitPruningConfig(init_bits=5.5, weight_granularity=gran))
+        gran = "channel" if "-ch" in variant else "tensor"
+        config = BitPruningConfig(init_bits=5.5, weight_granularity=gran, learn_ranges=variant.endswith("-lr"))
+        modules = apply_plan(model, records, "bit_pruning", config)
         return model, BitCostRegularizer(records, modules, BitCostConfig(strength=0.1))
     gate_init = None if variant == "init" else 0.0
     modules = apply_plan(model, records, "bayesian_bits", BayesianBitsConfig(gate_init=gate_init))

@@ -30,6 +30,15 @@ def _sum_product(grad: Tensor, t: Tensor, shape: torch.Size) -> Tensor:
     return (grad * t).sum_to_size(shape)
 
 
+def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
+    """``t`` summed to ``shape`` (0-dim, all-ones, or ``[C, 1, ...]`` per output channel)."""
+    if not len(shape) or all(d == 1 for d in shape):
+        return t.sum().reshape(shape)
+    if shape[0] == t.shape[0] and all(d == 1 for d in shape[1:]):
+        return t.reshape(t.shape[0], -1).sum(1).reshape(shape)
+    return t.sum_to_size(shape)
+
+
 class _FractionalQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, n: Tensor, lo: Tensor, hi: Tensor) -> Tensor:  # type: ignore[override]
@@ -40,32 +49,34 @@ class _FractionalQuantize(torch.autograd.Function):
         s0, s1 = _step(span, f), _step(span, f + 1.0)
         q0 = torch.div(u, s0).round_().mul_(s0)
         learn_range = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
-        err = q0 - u if learn_range else None  # Q_f - clip(x), before u's buffer is reused
+        err = q0 - u if learn_range else None  # Q_f - clip(x) (offsets from lo), before u's buffer is reused
         delta = u.div_(s1).round_().mul_(s1).sub_(q0)  # Q_{f+1} - Q_f, in the buffer of u
         out = torch.addcmul(q0.add_(lo), a, delta)
+        ctx.shapes = (n.shape, lo.shape, hi.shape)
         if learn_range:
-            # d out / d hi: (Q_n - clip(x)) / span inside, 1 above the range, 0 below (0 on the inside mask's
-            # complement first, then the above part added)
-            d_hi = err.addcmul_(a, delta).div_(span).mul_(inside).add_(x > lo + span)
-            ctx.save_for_backward(inside, delta, d_hi)
+            # span * d out / d hi: Q_n - clip(x) inside (0 at and below lo), span above the range
+            err = torch.where(x > lo + span, span, err.addcmul_(a, delta))
+            ctx.save_for_backward(inside, delta, err, span)
         else:
             ctx.save_for_backward(inside, delta)
-        ctx.shapes = (n.shape, lo.shape, hi.shape)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         inside, delta, *rest = ctx.saved_tensors
         n_shape, lo_shape, hi_shape = ctx.shapes
-        grad_x = grad * inside if ctx.needs_input_grad[0] else None
+        grad_x = grad * inside if ctx.needs_input_grad[0] or rest else None
         grad_n = _sum_product(grad, delta, n_shape) if ctx.needs_input_grad[1] else None
         grad_lo = grad_hi = None
         if rest:
-            (d_hi,) = rest
-            g_hi = _sum_product(grad, d_hi, hi_shape)
-            grad_hi = g_hi if ctx.needs_input_grad[3] else None
-            if ctx.needs_input_grad[2]:  # d out / d lo = 1 outside the range - d out / d hi
-                grad_lo = _sum_product(grad, (~inside).to(grad.dtype), lo_shape) - g_hi.reshape(lo_shape)
+            err, span = rest
+            g_hi = _sum_product(grad, err, span.shape) / span
+            grad_hi = g_hi.reshape(hi_shape) if ctx.needs_input_grad[3] else None
+            if ctx.needs_input_grad[2]:  # d out / d lo + d out / d hi = 1 outside the range, 0 inside
+                outside = _sum_to(grad, span.shape) - _sum_to(grad_x, span.shape)
+                grad_lo = (outside - g_hi).reshape(lo_shape)
+            if not ctx.needs_input_grad[0]:
+                grad_x = None
         return grad_x, grad_n, grad_lo, grad_hi
 
 
