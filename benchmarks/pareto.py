@@ -22,7 +22,8 @@ scales a channel that the batch statistics normalise again, so the task loss can
 * ``bp1-<lambda>``: ``BitPruning(strength=lambda, min_bits=1)``: bitlengths may go down to 1 (the spec's range is
   1 ... n_max; the default floor is 2), the only way BitPruning, which prunes no channels, can go below w2a2;
 * ``bpr-<lambda>``: ``BitPruning(strength=lambda, learn_ranges=True)``: ranges learned from their min-max start, as
-  the uniform baselines' are, instead of the paper's min-max statistics (spec R3);
+  the uniform baselines' are, instead of the paper's min-max statistics (spec R3); ``bpr1-<lambda>`` adds
+  ``min_bits=1``;
 * ``mm<b>`` (diagnostic, ``--minmax-bits``): every site fixed at ``b`` bits on BitPruning's min-max grid
   (``BitPruning(strength=0, init_bits=b, min_bits=b, max_bits=b)``), i.e. the uniform baseline without learned ranges.
 
@@ -54,6 +55,7 @@ UNIFORM = (8, 6, 4, 3, 2)
 def _variants(
     bb_strengths: list[float], bp_strengths: list[float], fold_bn: str = "none", bbe_strengths: tuple[float, ...] = (),
     bp1_strengths: tuple[float, ...] = (), minmax_bits: tuple[int, ...] = (), bpr_strengths: tuple[float, ...] = (),
+    bpr1_strengths: tuple[float, ...] = (),
 ) -> dict[str, Callable[[], Any]]:
     from bb_lightning import BayesianBits, BitPruning, QuantizationSearch
     from bb_lightning.cost.penalty import CostConfig
@@ -74,29 +76,31 @@ def _variants(
                 for lam in bp1_strengths})
     out.update({f"bpr-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, learn_ranges=True, fold_bn=fold_bn))
                 for lam in bpr_strengths})
+    out.update({f"bpr1-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, learn_ranges=True, min_bits=1.0,
+                                                             fold_bn=fold_bn)) for lam in bpr1_strengths})
     out.update({f"mm{b}": (lambda b=b: BitPruning(strength=0.0, init_bits=b, min_bits=b, max_bits=b, fold_bn=fold_bn))
                 for b in minmax_bits})
     return out
 
 
+#: variant name prefix -> family (longest prefixes first, so "bpr1-" wins over "bpr-" and "bp")
+FAMILIES = (
+    ("bbe-", "Bayesian Bits, E[BOPs]"), ("bb-", "Bayesian Bits"), ("bpr1-", "BitPruning, learned ranges, min 1 bit"),
+    ("bpr-", "BitPruning, learned ranges"), ("bp1-", "BitPruning, min 1 bit"), ("bp-", "BitPruning"),
+    ("mm", "uniform, min-max"),
+)
+
+
+#: the searched families, in table order
+LEARNED = ("Bayesian Bits", "Bayesian Bits, E[BOPs]", "BitPruning", "BitPruning, min 1 bit",
+           "BitPruning, learned ranges", "BitPruning, learned ranges, min 1 bit")
+
+
 def family(name: str) -> str:
-    """``"float"``, ``"uniform"``, ``"Bayesian Bits"``, ``"Bayesian Bits, E[BOPs]"``, ``"BitPruning"`` or
-    ``"BitPruning, min 1 bit"``."""
+    """``"float"``, ``"uniform"`` (``w<b>a<b>``) or the family of the variant's prefix (`FAMILIES`)."""
     if name == "float":
         return "float"
-    if name.startswith("bbe-"):
-        return "Bayesian Bits, E[BOPs]"
-    if name.startswith("bb-"):
-        return "Bayesian Bits"
-    if name.startswith("bp-"):
-        return "BitPruning"
-    if name.startswith("bp1-"):
-        return "BitPruning, min 1 bit"
-    if name.startswith("bpr-"):
-        return "BitPruning, learned ranges"
-    if name.startswith("mm"):
-        return "uniform, min-max"
-    return "uniform"
+    return next((fam for prefix, fam in FAMILIES if name.startswith(prefix)), "uniform")
 
 
 def run(name: str, make_cb: Callable[[], Any], seed: int, args: argparse.Namespace, root: str) -> dict[str, Any]:
@@ -196,8 +200,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "wbits": statistics.mean(r["wbits"] for r in rs), "abits": statistics.mean(r["abits"] for r in rs),
             "seeds": sorted(r["seed"] for r in rs),
         })
-    order = {"float": 0, "uniform": 1, "uniform, min-max": 2, "Bayesian Bits": 3, "Bayesian Bits, E[BOPs]": 4,
-             "BitPruning": 5, "BitPruning, min 1 bit": 6, "BitPruning, learned ranges": 7}
+    order = {fam: i for i, fam in enumerate(("float", "uniform", *LEARNED, "uniform, min-max"))}
     return sorted(out, key=lambda a: (order[a["family"]], -a["rbops"]))
 
 
@@ -227,8 +230,7 @@ def table(aggs: list[dict[str, Any]], header: str) -> str:
                      f"{a['wbits']:.2f} / {a['abits']:.2f} | {a['pruned']:.1f} | {a['wall']:.0f} |")
     uniform = [a for a in aggs if a["family"] == "uniform"]
     lines.append("")
-    for fam in ("Bayesian Bits", "Bayesian Bits, E[BOPs]", "BitPruning", "BitPruning, min 1 bit",
-                "BitPruning, learned ranges"):
+    for fam in LEARNED:
         pts = [a for a in aggs if a["family"] == fam]
         if not pts or not uniform:
             continue
@@ -255,7 +257,7 @@ def plot(aggs: list[dict[str, Any]], path: Path, title: str) -> None:
     styles = {"uniform": ("tab:gray", "s"), "Bayesian Bits": ("tab:blue", "o"),
               "Bayesian Bits, E[BOPs]": ("tab:green", "D"), "BitPruning": ("tab:orange", "^"),
               "BitPruning, min 1 bit": ("tab:red", "v"), "BitPruning, learned ranges": ("tab:purple", "P"),
-              "uniform, min-max": ("tab:brown", "x")}
+              "BitPruning, learned ranges, min 1 bit": ("tab:pink", "X"), "uniform, min-max": ("tab:brown", "x")}
     for fam, (color, marker) in styles.items():
         pts = [a for a in aggs if a["family"] == fam]
         if not pts:
@@ -300,6 +302,7 @@ def main() -> None:
     parser.add_argument("--bp-strengths", default="0.03,0.1,0.3,1")
     parser.add_argument("--bp1-strengths", default="", help="lambda of BitPruning with min_bits=1")
     parser.add_argument("--bpr-strengths", default="", help="lambda of BitPruning with learn_ranges=True")
+    parser.add_argument("--bpr1-strengths", default="", help="lambda of BitPruning, learn_ranges=True, min_bits=1")
     parser.add_argument("--minmax-bits", default="",
                         help="widths of the diagnostic `mm<b>`: every site at b bits on BitPruning's min-max grid")
     parser.add_argument("--only", default="", help="comma-separated subset of variants (e.g. float,w4a4,bb-0.01)")
@@ -326,7 +329,8 @@ def main() -> None:
                              tuple(float(v) for v in args.bbe_strengths.split(",") if v),
                              tuple(float(v) for v in args.bp1_strengths.split(",") if v),
                              tuple(int(v) for v in args.minmax_bits.split(",") if v),
-                             tuple(float(v) for v in args.bpr_strengths.split(",") if v))
+                             tuple(float(v) for v in args.bpr_strengths.split(",") if v),
+                             tuple(float(v) for v in args.bpr1_strengths.split(",") if v))
         names = [n for n in args.only.split(",") if n] or list(variants)
         unknown = sorted(set(names) - set(variants))
         if unknown:
