@@ -39,7 +39,14 @@ def _bit_pruning(low_gates: bool = False, gate_lr: float = 0.05, **kw: Any) -> Q
     return BitPruning(bit_lr=gate_lr, **kw)
 
 
+def _bit_pruning_learned_ranges(low_gates: bool = False, gate_lr: float = 0.05, **kw: Any) -> QuantizationSearch:
+    """BitPruning with ``learn_ranges=True``: ranges are parameters in a ``"ranges"`` group (state, resume, DDP)."""
+    kw.setdefault("learn_ranges", True)
+    return _bit_pruning(low_gates, gate_lr, **kw)
+
+
 METHODS: dict[str, Callable[..., QuantizationSearch]] = {
     "bayesian_bits": _bayesian_bits,
     "bit_pruning": _bit_pruning,
+    "bit_pruning_learned_ranges": _bit_pruning_learned_ranges,
 }

@@ -70,7 +70,7 @@ def test_soak_search_on_digits(tmp_path, method):
     module, watch = SmallNet(), Watch()
     # strengths are on each method's own scale (Bayesian Bits: mu on a sum of per-quantizer terms; BitPruning: a
     # fraction of the float32 cost)
-    cb = METHODS[method](strength={"bit_pruning": 1.0}.get(method, 0.05), gate_lr=3e-2)
+    cb = METHODS[method](strength=1.0 if method.startswith("bit_pruning") else 0.05, gate_lr=3e-2)
     t = trainer(tmp_path, [cb, watch], max_steps=STEPS, max_epochs=None, limit_train_batches=None,
                 limit_val_batches=None, val_check_interval=100, check_val_every_n_epoch=None)
     t.fit(module, datamodule=DigitsDataModule(batch_size=32, image_size=8))

@@ -159,16 +159,6 @@ class BitPruningQuantizer(QuantizerBase):
         self.signed.fill_(signed)
         self.initialized.fill_(True)
         self._signed, self._initialized = signed, True
-        self._fix_unsigned_lo()
-
-    def _fix_unsigned_lo(self) -> None:
-        """A learned range of an unsigned tensor keeps its lower end (0 for ReLU outputs): not trainable."""
-        if self.learns_ranges:
-            self.lo.requires_grad_(self._signed)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._fix_unsigned_lo()
 
     def range(self) -> tuple[float, float]:
         """The overall clip range ``(lo, hi)`` (over all channels for per-channel ranges)."""
@@ -179,8 +169,10 @@ class BitPruningQuantizer(QuantizerBase):
         return torch.stack([self.lo.detach(), self.hi.detach()], dim=1) if self.lo.dim() else None
 
     def _ranges(self, x: Tensor, update: bool = True) -> tuple[Tensor, Tensor]:
-        if self.learns_ranges:  # parameters; an unsigned tensor keeps its lower end (0 for ReLU outputs)
-            lo = self.lo if self._signed else self.lo.detach()
+        if self.learns_ranges:
+            # parameters; an unsigned tensor keeps its lower end (0 for ReLU outputs): its gradient is exactly 0, and
+            # `lo` stays in the graph so that DDP sees every parameter used
+            lo = self.lo if self._signed else self.lo.detach() + 0.0 * self.lo
             return self.channel_view(lo, x.dim()), self.channel_view(self.hi, x.dim())
         if self.role == "weight":
             lo, hi = self._weight_stats(x)
