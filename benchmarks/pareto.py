@@ -200,7 +200,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "wbits": statistics.mean(r["wbits"] for r in rs), "abits": statistics.mean(r["abits"] for r in rs),
             "seeds": sorted(r["seed"] for r in rs),
         })
-    order = {fam: i for i, fam in enumerate(("float", "uniform", *LEARNED, "uniform, min-max"))}
+    order = {fam: i for i, fam in enumerate(("float", "uniform", "uniform, min-max", *LEARNED))}
     return sorted(out, key=lambda a: (order[a["family"]], -a["rbops"]))
 
 
