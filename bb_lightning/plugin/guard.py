@@ -1,15 +1,13 @@
-"""``NonFiniteGuard``: stop a fit at a NaN/inf loss, quantizer gradient or quantized weight, naming the first layer at
-fault.
+"""``NonFiniteGuard``: stop a fit at a NaN/inf loss or quantizer gradient, naming the first layer at fault.
 
 A callback of its own; the search callback adds one to the Trainer in ``setup`` unless the Trainer already has one
 (pass your own ``NonFiniteGuard()`` in ``callbacks`` to place or subclass it).
 
 Two checks: the loss before ``backward``, and the gradients of the quantizer parameters (a few scalars per layer)
-together with the quantized layers' weights before each optimizer step. A NaN/inf gradient anywhere upstream of a
-quantizer reaches its range and gate gradients, so the second check stops the run before the optimizer writes NaN into
-any parameter, even when the loss was finite (e.g. a non-finite convolution backward). The weights are checked
-directly because a learned range clips an infinite weight to a finite value (finite loss, finite gradients), which
-would otherwise leave the inf in the model and its checkpoints. It is skipped under a gradient scaler (``"16-mixed"``), which skips such
+before each optimizer step. A NaN/inf gradient anywhere upstream of a quantizer reaches its range and gate gradients,
+so the second check stops the run before the optimizer writes NaN into any parameter, even when the loss was finite
+(e.g. a non-finite convolution backward). A non-finite quantizer input does too, also where a learned range clips it
+to a finite value (the range gradients carry it; `bb_lightning.methods.bit_pruning.kernels`). It is skipped under a gradient scaler (``"16-mixed"``), which skips such
 steps by design.
 
 Cost: on CPU both are checked at every step (reading a CPU scalar is no device sync). On accelerators a non-finite
@@ -88,16 +86,15 @@ def diagnose(root: nn.Module, batch: Any) -> str:
 
 
 class NonFiniteGuard(pl.Callback):
-    """Raise `bb_lightning.NonFiniteError` at the first NaN/inf training loss, quantizer gradient or quantized weight
-    (see the module docstring); a model without quantizers gets the loss check only."""
+    """Raise `bb_lightning.NonFiniteError` at the first NaN/inf training loss or quantizer gradient (see the module
+    docstring); a model without quantizers gets the loss check only."""
 
     def __init__(self) -> None:
         super().__init__()
         self._batch: Any = None
         self._flag: Tensor | None = None
         self._grad_flag: Tensor | None = None
-        #: (state, its quantizer parameters, the quantized layers' weights), listed once per state
-        self._params: tuple[Any, list[Tensor], list[Tensor]] | None = None
+        self._params: tuple[Any, list[Tensor]] | None = None  # (state, its quantizer parameters), listed once
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._batch = batch  # a reference only, for the re-run if the loss turns out non-finite
@@ -119,21 +116,19 @@ class NonFiniteGuard(pl.Callback):
         return bool(acc), None
 
     def check_gradients(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Raise `NonFiniteError` if a quantizer parameter's gradient or a quantized weight is NaN/inf (before the
-        optimizer step)."""
+        """Raise `NonFiniteError` if a quantizer parameter's gradient is NaN/inf (before the optimizer step)."""
         if getattr(trainer.precision_plugin, "scaler", None) is not None:
             return  # a GradScaler skips steps with inf gradients by design
         state = get_state(pl_module)
         if state is None:
             return
         if self._params is None or self._params[0] is not state:
-            weights = [w for m in state.modules.values() if isinstance(w := getattr(m, "weight", None), Tensor)]
-            self._params = (state, [p for q in state.quantizers() for p in q.parameters()], weights)
-        tensors = [p.grad for p in self._params[1] if p.grad is not None] + [w.detach() for w in self._params[2]]
-        if not tensors:
+            self._params = (state, [p for q in state.quantizers() for p in q.parameters()])
+        grads = [p.grad for p in self._params[1] if p.grad is not None]
+        if not grads:
             return
-        # max |t| is NaN/inf iff an element is (and cannot overflow): one reduction per tensor, no concatenated copy
-        flag = ~torch.isfinite(torch.stack(torch._foreach_norm(tensors, float("inf")))).all()
+        # max |g| is NaN/inf iff an element is (and cannot overflow): one reduction per gradient, no concatenated copy
+        flag = ~torch.isfinite(torch.stack(torch._foreach_norm(grads, float("inf")))).all()
         bad, self._grad_flag = self._read(trainer, flag, self._grad_flag)
         if not bad:
             return

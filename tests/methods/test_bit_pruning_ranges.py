@@ -129,3 +129,15 @@ def test_learning_the_range_lowers_the_quantization_error_below_min_max(bits):
     learned_mse = float((q(w) - w).pow(2).mean())
     assert learned_mse < 0.6 * minmax_mse
     assert q.hi.item() < float(w.max()) and q.lo.item() > float(w.min())  # the tails are clipped
+
+
+def test_a_clipped_non_finite_input_still_shows_in_the_range_gradients():
+    """A learned range clips inf to hi (finite output, finite input gradient); the range gradients turn NaN so that
+    `NonFiniteGuard`, which watches the quantizer gradients, stops the run."""
+    x = torch.randn(3, 8)
+    x[1, 2] = float("inf")
+    lo, hi = torch.tensor(-1.0, requires_grad=True), torch.tensor(1.0, requires_grad=True)
+    out = fractional_quantize(x, torch.tensor(3.5), lo, hi, learn_range=True)
+    assert bool(torch.isfinite(out).all())
+    out.sum().backward()
+    assert bool(torch.isnan(hi.grad)) and bool(torch.isnan(lo.grad))

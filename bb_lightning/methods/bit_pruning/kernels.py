@@ -56,7 +56,9 @@ class _FractionalQuantize(torch.autograd.Function):
         if learn_range:
             # span * d out / d hi: Q_n - clip(x) inside (0 at and below lo), span above the range
             err = torch.where(x > lo + span, span, err.addcmul_(a, delta))
-            ctx.save_for_backward(inside, delta, err, span)
+            # NaN/inf iff x has a non-finite element: a clipped inf would otherwise leave every gradient finite and
+            # hide the bad tensor from `NonFiniteGuard`; it is folded into the range gradients (0 * finite = 0)
+            ctx.save_for_backward(inside, delta, err, span, x.sum())
         else:
             ctx.save_for_backward(inside, delta)
         return out
@@ -69,8 +71,8 @@ class _FractionalQuantize(torch.autograd.Function):
         grad_n = _sum_product(grad, delta, n_shape) if ctx.needs_input_grad[1] else None
         grad_lo = grad_hi = None
         if rest:
-            err, span = rest
-            g_hi = _sum_product(grad, err, span.shape) / span
+            err, span, x_sum = rest
+            g_hi = _sum_product(grad, err, span.shape) / span + 0.0 * x_sum
             grad_hi = g_hi.reshape(hi_shape) if ctx.needs_input_grad[3] else None
             if ctx.needs_input_grad[2]:  # d out / d lo + d out / d hi = 1 outside the range, 0 inside
                 outside = _sum_to(grad, span.shape) - _sum_to(grad_x, span.shape)
