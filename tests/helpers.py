@@ -57,3 +57,18 @@ class PlainMLP(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def assert_config_reproduces(model, config, atol: float = 0.0) -> None:
+    """A fresh `tiny_module` float model with ``model``'s weights and `apply_config(config)` gives the searched model's
+    evaluation outputs (``config``: a `MixedPrecisionConfig` or its path)."""
+    from bb_lightning import apply_config
+
+    fresh = tiny_module().model
+    fresh.load_state_dict({k: v for k, v in model.model.state_dict().items() if "quantizer" not in k})
+    apply_config(fresh, config)
+    model.eval()
+    fresh.eval()
+    x = torch.randn(6, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=atol)

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from helpers import digits, tiny_module, trainer
+from helpers import assert_config_reproduces, digits, tiny_module, trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from bb_lightning import BitPruning, MixedPrecisionConfig, apply_config
+from bb_lightning import BitPruning, MixedPrecisionConfig
 from bb_lightning.errors import BBConfigError
 from bb_lightning.app.data import DigitsDataModule
 from bb_lightning.plugin.state import get_state
@@ -27,18 +27,6 @@ class OrderedDigits(DigitsDataModule):
 
 def _bits(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("bitlength")}
-
-
-def _assert_config_reproduces(model, config_path) -> None:
-    """A fresh model with the searched weights and `apply_config` gives the searched model's outputs exactly."""
-    fresh = tiny_module().model
-    fresh.load_state_dict({k: v for k, v in model.model.state_dict().items() if "quantizer" not in k})
-    apply_config(fresh, config_path)
-    model.eval()
-    fresh.eval()
-    x = torch.randn(6, 1, 16, 16)
-    with torch.no_grad():
-        torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
 
 
 def test_fit_learns_bitlengths_and_exports_integers(tmp_path):
@@ -109,7 +97,7 @@ def test_apply_config_reproduces_the_searched_model(tmp_path):
     trainer(tmp_path, [cb], max_epochs=2, limit_train_batches=4).fit(model, datamodule=digits())
     assert any(b != 8 for layer in cb.config.layers.values() if layer["quantized"]
                for b in layer["weight"]["channel_bits"])
-    _assert_config_reproduces(model, cb.config_path)
+    assert_config_reproduces(model, cb.config_path)
 
 
 def test_learned_ranges_train_in_their_group_and_the_export_reproduces_the_model(tmp_path):
@@ -132,7 +120,7 @@ def test_learned_ranges_train_in_their_group_and_the_export_reproduces_the_model
         spec = cb.config.layers[name]["weight"]
         assert spec["range"] == pytest.approx([q.lo.item(), q.hi.item()])  # the learned range is what is exported
     assert moved == len(state.modules), "every learned weight range left its min/max"
-    _assert_config_reproduces(model, cb.config_path)
+    assert_config_reproduces(model, cb.config_path)
 
 
 @pytest.mark.parametrize("budget_mode", ["hinge", "dual"])

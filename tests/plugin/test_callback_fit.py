@@ -9,11 +9,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import PlainMLP, digits, tiny_module, trainer
+from helpers import PlainMLP, assert_config_reproduces, digits, tiny_module, trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import bb_lightning
-from bb_lightning import BayesianBits, CostRegularizerMixin, MixedPrecisionConfig, apply_config
+from bb_lightning import BayesianBits, CostRegularizerMixin, MixedPrecisionConfig
 from bb_lightning.plugin.state import get_state
 from bb_lightning.wrap.layers import QuantizedLayer
 
@@ -93,14 +93,7 @@ def test_apply_config_reproduces_searched_model(tmp_path):
                 q.prune_log_alpha.copy_(torch.rand(q.prune_log_alpha.shape, generator=g) * 7 - 1)
     cfg = state.export()
     assert len({layer["weight"]["bits"] for layer in cfg.layers.values()}) > 1
-    float_model = tiny_module().model
-    float_model.load_state_dict({k: v for k, v in model.model.state_dict().items() if "quantizer" not in k})
-    apply_config(float_model, cfg)
-    model.eval()
-    float_model.eval()
-    x = torch.randn(4, 1, 16, 16)
-    with torch.no_grad():
-        torch.testing.assert_close(float_model(x), model(x), rtol=0, atol=1e-6)
+    assert_config_reproduces(model, cfg, atol=1e-6)
 
 
 def test_resume_restores_gates_ranges_and_optimizer(tmp_path):
