@@ -20,23 +20,18 @@ from torch import Tensor
 from ...core.minmax import _clip, _span, _step
 
 
-def _sum_product(grad: Tensor, t: Tensor, shape: torch.Size) -> Tensor:
-    """``(grad * t)`` summed to ``shape`` (0-dim, all-ones, or ``[C, 1, ...]`` per output channel)."""
+def _sum_to(t: Tensor, shape: torch.Size, weight: Tensor | None = None) -> Tensor:
+    """``t`` (times ``weight``, without materialising the product) summed to ``shape``: 0-dim or all-ones (one dot
+    product), ``[C, 1, ...]`` per output channel (batched dots), or any other broadcast shape."""
     if not len(shape) or all(d == 1 for d in shape):
-        return torch.dot(grad.reshape(-1), t.reshape(-1)).reshape(shape)
-    if shape[0] == grad.shape[0] and all(d == 1 for d in shape[1:]):  # per output channel: batched dots
-        c = grad.shape[0]
-        return torch.bmm(grad.reshape(c, 1, -1), t.reshape(c, -1, 1)).reshape(shape)
-    return (grad * t).sum_to_size(shape)
-
-
-def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
-    """``t`` summed to ``shape`` (0-dim, all-ones, or ``[C, 1, ...]`` per output channel)."""
-    if not len(shape) or all(d == 1 for d in shape):
-        return t.sum().reshape(shape)
+        flat = t.reshape(-1)
+        return (flat.sum() if weight is None else torch.dot(flat, weight.reshape(-1))).reshape(shape)
     if shape[0] == t.shape[0] and all(d == 1 for d in shape[1:]):
-        return t.reshape(t.shape[0], -1).sum(1).reshape(shape)
-    return t.sum_to_size(shape)
+        c = t.shape[0]
+        if weight is None:
+            return t.reshape(c, -1).sum(1).reshape(shape)
+        return torch.bmm(t.reshape(c, 1, -1), weight.reshape(c, -1, 1)).reshape(shape)
+    return (t if weight is None else t * weight).sum_to_size(shape)
 
 
 class _FractionalQuantize(torch.autograd.Function):
@@ -68,11 +63,11 @@ class _FractionalQuantize(torch.autograd.Function):
         inside, delta, *rest = ctx.saved_tensors
         n_shape, lo_shape, hi_shape = ctx.shapes
         grad_x = grad * inside if ctx.needs_input_grad[0] or rest else None
-        grad_n = _sum_product(grad, delta, n_shape) if ctx.needs_input_grad[1] else None
+        grad_n = _sum_to(grad, n_shape, delta) if ctx.needs_input_grad[1] else None
         grad_lo = grad_hi = None
         if rest:
             err, span, x_sum = rest
-            g_hi = _sum_product(grad, err, span.shape) / span + 0.0 * x_sum
+            g_hi = _sum_to(grad, span.shape, err) / span + 0.0 * x_sum
             grad_hi = g_hi.reshape(hi_shape) if ctx.needs_input_grad[3] else None
             if ctx.needs_input_grad[2]:  # d out / d lo + d out / d hi = 1 outside the range, 0 inside
                 outside = _sum_to(grad, span.shape) - _sum_to(grad_x, span.shape)
