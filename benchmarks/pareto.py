@@ -25,7 +25,11 @@ scales a channel that the batch statistics normalise again, so the task loss can
   the uniform baselines' are, instead of the paper's min-max statistics (spec R3); ``bpr1-<lambda>`` adds
   ``min_bits=1``;
 * ``mm<b>`` (diagnostic, ``--minmax-bits``): every site fixed at ``b`` bits on BitPruning's min-max grid
-  (``BitPruning(strength=0, init_bits=b, min_bits=b, max_bits=b)``), i.e. the uniform baseline without learned ranges.
+  (``BitPruning(strength=0, init_bits=b, min_bits=b, max_bits=b)``), i.e. the uniform baseline without learned ranges;
+* ``rt-<variant>`` (diagnostic, ``--retrain``): the allocation (bit widths, pruned channels) that the stored run of
+  ``<variant>`` with the same seed exported, trained from scratch as a fixed network with the uniform baselines'
+  quantizer (``apply_config(model, config, ranges="data")``). It separates what the search costs (noisy gates,
+  short fixed-width tail) from what the allocation can reach.
 
 Each finished run is appended to ``<out>/results.jsonl`` (so interrupted sweeps resume and several processes can
 share a folder) with its exported config, so its costs can be recounted (``--recount``) when the counting rules
@@ -87,7 +91,7 @@ def _variants(
 FAMILIES = (
     ("bbe-", "Bayesian Bits, E[BOPs]"), ("bb-", "Bayesian Bits"), ("bpr1-", "BitPruning, learned ranges, min 1 bit"),
     ("bpr-", "BitPruning, learned ranges"), ("bp1-", "BitPruning, min 1 bit"), ("bp-", "BitPruning"),
-    ("mm", "uniform, min-max"),
+    ("mm", "uniform, min-max"), ("rt-", "retrained allocation"),
 )
 
 
@@ -103,9 +107,14 @@ def family(name: str) -> str:
     return next((fam for prefix, fam in FAMILIES if name.startswith(prefix)), "uniform")
 
 
-def run(name: str, make_cb: Callable[[], Any], seed: int, args: argparse.Namespace, root: str) -> dict[str, Any]:
+def run(
+    name: str, make_cb: Callable[[], Any], seed: int, args: argparse.Namespace, root: str,
+    allocation: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train and test one variant; ``allocation``: an exported config (dict) to train as a fixed network instead."""
     import lightning.pytorch as pl
 
+    from bb_lightning import MixedPrecisionConfig, apply_config
     from bb_lightning.app.fashion_mnist import FashionMNISTDataModule
     from bb_lightning.app.module import TimmClassifier
 
@@ -117,6 +126,8 @@ def run(name: str, make_cb: Callable[[], Any], seed: int, args: argparse.Namespa
         data_dir=args.data_dir, batch_size=args.batch_size, train_subset=args.train_subset,
         test_subset=args.test_subset, seed=0,  # the same subset for every variant and seed
     )
+    if allocation is not None:
+        apply_config(model.model, MixedPrecisionConfig.from_dict(allocation), ranges="data")
     cb = make_cb()
     trainer = pl.Trainer(
         max_epochs=args.epochs, accelerator="cpu", devices=1, callbacks=[cb] if cb is not None else [],
@@ -130,6 +141,11 @@ def run(name: str, make_cb: Callable[[], Any], seed: int, args: argparse.Namespa
     row: dict[str, Any] = {"name": name, "seed": seed, "acc": 100 * acc, "wall": wall, "model": args.model,
                            "epochs": args.epochs, "train_subset": args.train_subset, "steps": trainer.global_step,
                            "fold_bn": args.fold_bn}
+    if allocation is not None:
+        config = MixedPrecisionConfig.from_dict(allocation)
+        row.update(allocation_summary(config), config=allocation)
+        row["layers"] = layer_bits(config)
+        return row
     if cb is None:
         params = sum(p.numel() for m in model.model.modules() if hasattr(m, "weight") and m.weight is not None
                      and m.weight.dim() > 1 for p in [m.weight])
@@ -137,9 +153,14 @@ def run(name: str, make_cb: Callable[[], Any], seed: int, args: argparse.Namespa
         return row
     row.update(allocation_summary(cb.config))
     row["config"] = cb.config.to_dict()
-    row["layers"] = {k: [v["weight"]["bits"] if v["weight"] else None, v["input"]["bits"] if v["input"] else None]
-                     for k, v in cb.config.layers.items() if v["quantized"]}
+    row["layers"] = layer_bits(cb.config)
     return row
+
+
+def layer_bits(config: Any) -> dict[str, list[int | None]]:
+    """``{layer: [weight bits, input bits]}`` of the quantized layers of an exported config."""
+    return {k: [v["weight"]["bits"] if v["weight"] else None, v["input"]["bits"] if v["input"] else None]
+            for k, v in config.layers.items() if v["quantized"]}
 
 
 def allocation_summary(config: Any) -> dict[str, float]:
@@ -200,7 +221,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "wbits": statistics.mean(r["wbits"] for r in rs), "abits": statistics.mean(r["abits"] for r in rs),
             "seeds": sorted(r["seed"] for r in rs),
         })
-    order = {fam: i for i, fam in enumerate(("float", "uniform", "uniform, min-max", *LEARNED))}
+    order = {fam: i for i, fam in enumerate(("float", "uniform", "uniform, min-max", *LEARNED, "retrained allocation"))}
     return sorted(out, key=lambda a: (order[a["family"]], -a["rbops"]))
 
 
@@ -257,7 +278,8 @@ def plot(aggs: list[dict[str, Any]], path: Path, title: str) -> None:
     styles = {"uniform": ("tab:gray", "s"), "Bayesian Bits": ("tab:blue", "o"),
               "Bayesian Bits, E[BOPs]": ("tab:green", "D"), "BitPruning": ("tab:orange", "^"),
               "BitPruning, min 1 bit": ("tab:red", "v"), "BitPruning, learned ranges": ("tab:purple", "P"),
-              "BitPruning, learned ranges, min 1 bit": ("tab:pink", "X"), "uniform, min-max": ("tab:brown", "x")}
+              "BitPruning, learned ranges, min 1 bit": ("tab:pink", "X"), "uniform, min-max": ("tab:brown", "x"),
+              "retrained allocation": ("tab:olive", "*")}
     for fam, (color, marker) in styles.items():
         pts = [a for a in aggs if a["family"] == fam]
         if not pts:
@@ -305,6 +327,9 @@ def main() -> None:
     parser.add_argument("--bpr1-strengths", default="", help="lambda of BitPruning, learn_ranges=True, min_bits=1")
     parser.add_argument("--minmax-bits", default="",
                         help="widths of the diagnostic `mm<b>`: every site at b bits on BitPruning's min-max grid")
+    parser.add_argument("--retrain", default="",
+                        help="comma-separated stored variants whose exported allocation `rt-<variant>` trains from "
+                             "scratch (same seed; diagnostic)")
     parser.add_argument("--only", default="", help="comma-separated subset of variants (e.g. float,w4a4,bb-0.01)")
     parser.add_argument("--fold-bn", default="none", choices=["none", "train", "static"],
                         help="BatchNorm folding of every quantized variant (the callbacks' fold_bn)")
@@ -331,20 +356,29 @@ def main() -> None:
                              tuple(int(v) for v in args.minmax_bits.split(",") if v),
                              tuple(float(v) for v in args.bpr_strengths.split(",") if v),
                              tuple(float(v) for v in args.bpr1_strengths.split(",") if v))
+        retrain = [v for v in args.retrain.split(",") if v]
+        variants.update({f"rt-{v}": (lambda: None) for v in retrain})
         names = [n for n in args.only.split(",") if n] or list(variants)
         unknown = sorted(set(names) - set(variants))
         if unknown:
             raise SystemExit(f"unknown variants {unknown}; known: {sorted(variants)}")
         seeds = [int(s) for s in args.seeds.split(",") if s]
-        done = {(r["name"], r["seed"]) for r in load(results)
-                if r["model"] == args.model and r["epochs"] == args.epochs and r["train_subset"] == args.train_subset
-                and r.get("fold_bn", "none") == args.fold_bn}
+        stored = {(r["name"], r["seed"]): r for r in load(results)
+                  if r["model"] == args.model and r["epochs"] == args.epochs and r["train_subset"] == args.train_subset
+                  and r.get("fold_bn", "none") == args.fold_bn}
         with tempfile.TemporaryDirectory() as root:
             for seed in seeds:
                 for name in names:
-                    if (name, seed) in done:
+                    if (name, seed) in stored:
                         continue
-                    r = run(name, variants[name], seed, args, root)
+                    allocation = None
+                    if name.startswith("rt-"):
+                        source = stored.get((name[3:], seed))
+                        if source is None or "config" not in source:
+                            raise SystemExit(f"{name}: no stored run of {name[3:]} with seed {seed} and a config "
+                                             f"in {results} (run it first)")
+                        allocation = source["config"]
+                    r = run(name, variants[name], seed, args, root, allocation)
                     with results.open("a") as f:
                         f.write(json.dumps(r) + "\n")
                     print(f"[{name} seed {seed}] acc {r['acc']:.2f}%  rel. BOPs {r['rbops']:.3f}%  "

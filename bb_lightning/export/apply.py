@@ -13,8 +13,21 @@ from .check import check_model
 from .config import MixedPrecisionConfig
 
 
-def _fixed_quantizer(role: str, spec: dict, keep: torch.Tensor | None = None) -> nn.Module:
+#: where `apply_config` takes the quantization ranges from
+RANGES = ("config", "data")
+
+
+def _fixed_quantizer(
+    role: str, spec: dict, keep: torch.Tensor | None = None, ranges: str = "config", layer: str = ""
+) -> nn.Module:
     """The fixed quantizer one tensor entry of the config describes (symmetric or min-max grid)."""
+    if ranges == "data":
+        if spec.get("grid", "symmetric") != "symmetric":
+            raise BBConfigError(
+                f"apply_config(ranges='data') re-calibrates symmetric grids only, but the {role} of layer "
+                f"`{layer}` uses the `{spec['grid']}` grid; use ranges='config'."
+            )
+        return FixedQuantizer(role, spec["bits"], spec["signed"], None, keep)  # type: ignore[arg-type]
     if spec.get("grid", "symmetric") == "minmax":
         bits = torch.tensor(spec["channel_bits"]) if "channel_bits" in spec else spec["bits"]
         if "channel_ranges" in spec:
@@ -26,8 +39,13 @@ def _fixed_quantizer(role: str, spec: dict, keep: torch.Tensor | None = None) ->
     return FixedQuantizer(role, spec["bits"], spec["signed"], float(spec["range"][1]), keep)  # type: ignore[arg-type]
 
 
-def apply_config(model: nn.Module, config: MixedPrecisionConfig | str) -> nn.Module:
+def apply_config(model: nn.Module, config: MixedPrecisionConfig | str, ranges: str = "config") -> nn.Module:
     """Quantize ``model`` in place with fixed bit widths, ranges and channel masks from ``config``; returns it.
+
+    ``ranges="data"`` keeps the bit widths and channel masks but not the searched ranges: each quantizer takes sign
+    and range from its first training-mode input (as the uniform baselines do) and learns it from there. Use it to
+    train the searched allocation from freshly initialised weights, whose scale the searched ranges do not fit
+    (symmetric grids only: Bayesian Bits and uniform configs).
 
     ``model`` must have the architecture the config was exported from and should carry the trained float weights
     (the searched model's state dict keeps every original key, so ``model.load_state_dict(sd, strict=False)``
@@ -36,6 +54,8 @@ def apply_config(model: nn.Module, config: MixedPrecisionConfig | str) -> nn.Mod
     statistics), so the fixed layers quantize the same folded weights. The result has no gates: each layer is a
     fixed-bit fake-quantized layer whose outputs equal the searched model's deterministic (evaluation) outputs.
     """
+    if ranges not in RANGES:
+        raise BBConfigError(f"apply_config: `ranges` must be one of {RANGES}, got {ranges!r}.")
     if not isinstance(config, MixedPrecisionConfig):
         config = MixedPrecisionConfig.load(config)
     check_model(model, config)
@@ -62,7 +82,9 @@ def apply_config(model: nn.Module, config: MixedPrecisionConfig | str) -> nn.Mod
         if layer["kept_channels"] is not None:
             keep = torch.zeros(layer["weight_shape"][0], dtype=torch.bool, device=device)
             keep[torch.tensor(layer["kept_channels"], dtype=torch.long, device=device)] = True
-        wq = _fixed_quantizer("weight", layer["weight"], keep).to(device)
-        iq = None if layer["input"] is None else _fixed_quantizer("input", layer["input"]).to(device)
+        wq = _fixed_quantizer("weight", layer["weight"], keep, ranges, name).to(device).train(m.training)
+        iq = None
+        if layer["input"] is not None:
+            iq = _fixed_quantizer("input", layer["input"], None, ranges, name).to(device).train(m.training)
         wrap_layer(m, wq, iq)
     return model

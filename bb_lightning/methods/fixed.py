@@ -17,27 +17,35 @@ class FixedQuantizer(QuantizerBase):
         role: ``"weight"`` or ``"input"``.
         bits: any integer ``>= 1``; ``>= 32`` means float (clip only); ``0`` means every channel is pruned.
         signed: grid sign.
-        x_max: range ``u``.
+        x_max: range ``u``; ``None``: uncalibrated, the first training-mode input sets sign and range
+            (`QuantizerBase.init_range`) and an evaluation-mode input passes through until then.
         keep: optional boolean ``[C]`` mask of kept output channels (weights only).
     """
 
     method = "fixed"
 
-    def __init__(self, role: Role, bits: int, signed: bool, x_max: float, keep: Tensor | None = None) -> None:
+    def __init__(
+        self, role: Role, bits: int, signed: bool, x_max: float | None, keep: Tensor | None = None
+    ) -> None:
         super().__init__(role, None if keep is None else int(keep.numel()))
         if bits < 0:
             raise ValueError(f"Expected `bits` >= 0, but got {bits}.")
         self.bits = int(bits)
+        calibrated = x_max is not None
         with torch.no_grad():
-            self.x_max.fill_(x_max)
+            self.x_max.fill_(1.0 if x_max is None else x_max)
             self.signed.fill_(signed)
-            self.initialized.fill_(True)
-        self._signed, self._initialized = bool(signed), True
+            self.initialized.fill_(calibrated)
+        self._signed, self._initialized = bool(signed), calibrated
         if self.bits == 0 and keep is None:
             raise ValueError("A 0-bit (fully pruned) quantizer needs a channel mask `keep`.")
         self.register_buffer("keep", None if keep is None else keep.to(torch.bool).clone())
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self._initialized:
+            if not self.training:
+                return x  # not calibrated yet: pass through
+            self.init_range(x)
         mask = None if self.keep is None else self.channel_view(self.keep.to(torch.float32), x.dim())
         with torch.autocast(x.device.type, enabled=False):
             bits = self.bits if self.bits > 0 else 2  # fully pruned: the mask zeroes everything

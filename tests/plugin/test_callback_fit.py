@@ -96,6 +96,56 @@ def test_apply_config_reproduces_searched_model(tmp_path):
     assert_config_reproduces(model, cfg, atol=1e-6)
 
 
+def test_apply_config_data_ranges_trains_allocation_from_scratch(tmp_path):
+    """``ranges="data"``: the searched bit widths and masks on fresh weights, ranges calibrated from the first batch."""
+    model = tiny_module()
+    cb = BayesianBits(strength=0.1)
+    trainer(tmp_path, [cb]).fit(model, datamodule=digits())
+    g = torch.Generator().manual_seed(2)
+    state = get_state(model)
+    with torch.no_grad():
+        for q in state.quantizers():
+            q.log_alpha.copy_(torch.rand(q.log_alpha.shape, generator=g) * 6 - 3)
+            if getattr(q, "prune_log_alpha", None) is not None:
+                q.prune_log_alpha.copy_(torch.rand(q.prune_log_alpha.shape, generator=g) * 7 - 1)
+    cfg = state.export()
+    assert any(layer["kept_channels"] is not None for layer in cfg.layers.values())
+
+    fresh = tiny_module()
+    x = torch.randn(4, 1, 16, 16)
+    fresh.eval()
+    with torch.no_grad():
+        ref = fresh(x)
+    bb_lightning.apply_config(fresh.model, cfg, ranges="data")
+    layers = dict(fresh.model.named_modules())
+    with torch.no_grad():
+        assert torch.equal(fresh(x), ref)  # uncalibrated quantizers pass evaluation inputs through
+        weights = {name: layers[name].weight.detach().double().clone() for name in cfg.layers}
+        fresh.train()
+        fresh(x)  # the first training batch calibrates every range
+    for name, spec in cfg.layers.items():
+        wq = layers[name].weight_quantizer
+        assert wq.hard_bits() == (spec["weight"]["bits"] if spec["kept_channels"] != [] else 0), name
+        assert float(wq.x_max) == pytest.approx(float(weights[name].abs().max()), rel=1e-6), name
+        if spec["kept_channels"] is not None:
+            assert torch.nonzero(wq.keep_mask()).flatten().tolist() == spec["kept_channels"], name
+        if spec["input"] is not None:
+            iq = layers[name].input_quantizer
+            assert iq.hard_bits() == spec["input"]["bits"] and bool(iq.initialized), name
+    # the ranges are parameters the user's optimizer trains
+    loss = fresh(x).logsumexp(1).mean()
+    loss.backward()
+    assert all(layers[n].weight_quantizer.x_max.grad is not None for n in cfg.layers)
+
+    bad = copy.deepcopy(cfg.to_dict())
+    first = next(iter(bad["layers"]))
+    bad["layers"][first]["weight"]["grid"] = "minmax"
+    with pytest.raises(bb_lightning.errors.BBConfigError, match=first):
+        bb_lightning.apply_config(tiny_module().model, MixedPrecisionConfig.from_dict(bad), ranges="data")
+    with pytest.raises(bb_lightning.errors.BBConfigError, match="ranges"):
+        bb_lightning.apply_config(tiny_module().model, cfg, ranges="searched")
+
+
 def test_resume_restores_gates_ranges_and_optimizer(tmp_path):
     ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=3)
     model = tiny_module()

@@ -17,16 +17,7 @@ class FixedBitsQuantizer(FixedQuantizer):
     def __init__(
         self, config: FixedBitsConfig, role: Role, num_channels: int | None = None, prune: bool | None = None
     ) -> None:
-        super().__init__(role, config.weight_bits if role == "weight" else config.input_bits, False, 1.0)
-        self.initialized.fill_(False)
-        self._initialized = False
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self._initialized:
-            if not self.training:
-                return x  # not calibrated yet: pass through
-            self.init_range(x)
-        return super().forward(x)
+        super().__init__(role, config.weight_bits if role == "weight" else config.input_bits, False, None)
 
     def penalty(self, cost_scale: float) -> Tensor:
         return torch.zeros((), device=self.x_max.device)
