@@ -7,7 +7,7 @@ from torch import nn
 
 from ..errors import BBConfigError
 from ..methods.fixed import FixedMinMaxQuantizer, FixedQuantizer
-from ..wrap.bn_fold import FoldedBatchNorm, fold_bn_static
+from ..wrap.bn_fold import FoldedBatchNorm, fold_bn_static, fold_bn_train
 from ..wrap.layers import wrap_layer
 from .check import check_model
 from .config import MixedPrecisionConfig
@@ -43,9 +43,10 @@ def apply_config(model: nn.Module, config: MixedPrecisionConfig | str, ranges: s
     """Quantize ``model`` in place with fixed bit widths, ranges and channel masks from ``config``; returns it.
 
     ``ranges="data"`` keeps the bit widths and channel masks but not the searched ranges: each quantizer takes sign
-    and range from its first training-mode input (as the uniform baselines do) and learns it from there. Use it to
-    train the searched allocation from freshly initialised weights, whose scale the searched ranges do not fit
-    (symmetric grids only: Bayesian Bits and uniform configs).
+    and range from its first training-mode input (as the uniform baselines do) and learns it from there, and
+    BatchNorms the search folded for training (``fold_bn="train"``) are folded the same way, so they keep training.
+    Use it to train the searched allocation from freshly initialised weights, whose scale the searched ranges do
+    not fit (symmetric grids only: Bayesian Bits and uniform configs).
 
     ``model`` must have the architecture the config was exported from and should carry the trained float weights
     (the searched model's state dict keeps every original key, so ``model.load_state_dict(sd, strict=False)``
@@ -64,14 +65,17 @@ def apply_config(model: nn.Module, config: MixedPrecisionConfig | str, ranges: s
     unfolded = [
         f["bn"] for f in folds.values() if f["mode"] == "static" and not isinstance(modules.get(f["bn"]), FoldedBatchNorm)
     ]
-    if unfolded:  # the searched weights already contain those BatchNorms: folding fresh statistics would be wrong
+    if unfolded and ranges == "config":  # the searched weights already contain those BatchNorms: folding fresh statistics would be wrong
         raise BBConfigError(
             f"The config comes from a search with `fold_bn='static'`, whose weights already contain the BatchNorms "
             f"{unfolded[:5]}. Fold the fresh model first (`bb_lightning.wrap.bn_fold.fold_pairs(model, pairs, "
             "'static')`), then load the searched weights, then call apply_config."
         )
     for layer, fold in folds.items():
-        fold_bn_static(model, layer, fold["bn"])
+        if ranges == "data" and fold["mode"] == "train":
+            fold_bn_train(model, layer, fold["bn"])
+        else:
+            fold_bn_static(model, layer, fold["bn"])
     modules = dict(model.named_modules())
     for name, layer in config.layers.items():
         if not layer["quantized"]:

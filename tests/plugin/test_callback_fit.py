@@ -146,6 +146,31 @@ def test_apply_config_data_ranges_trains_allocation_from_scratch(tmp_path):
         bb_lightning.apply_config(tiny_module().model, cfg, ranges="searched")
 
 
+def test_apply_config_data_ranges_keeps_training_time_bn_folding(tmp_path):
+    from bb_lightning.wrap.bn_fold import FoldedBatchNorm
+
+    model = tiny_module()
+    cb = BayesianBits(mu=0.1, fold_bn="train")
+    trainer(tmp_path, [cb]).fit(model, datamodule=digits())
+    folds = cb.config.model["bn_fold"]
+    assert folds and {f["mode"] for f in folds.values()} == {"train"}
+    fresh = tiny_module()
+    bb_lightning.apply_config(fresh.model, cb.config, ranges="data")
+    modules = dict(fresh.model.named_modules())
+    bn_name = next(iter(folds.values()))["bn"]
+    bn = modules[bn_name]
+    assert not isinstance(bn, FoldedBatchNorm)  # not folded away: its statistics and affine parameters still train
+    before = bn.running_mean.clone()
+    fresh.train()
+    fresh(torch.randn(8, 1, 16, 16)).sum().backward()
+    assert not torch.equal(bn.running_mean, before) and bn.weight.grad is not None
+    # the default (searched ranges) still folds statically, for evaluation
+    static = tiny_module()
+    static.model.load_state_dict(model.model.state_dict(), strict=False)
+    bb_lightning.apply_config(static.model, cb.config)
+    assert isinstance(dict(static.model.named_modules())[bn_name], FoldedBatchNorm)
+
+
 def test_resume_restores_gates_ranges_and_optimizer(tmp_path):
     ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=3)
     model = tiny_module()
