@@ -79,19 +79,23 @@ def test_export_never_overwrites(tmp_path):
     assert cb.config_path == tmp_path / "bits-v1.json" and cb.config_path.exists()
 
 
-def test_apply_config_reproduces_searched_model(tmp_path):
-    model = tiny_module()
-    cb = BayesianBits(strength=0.1, export_path=str(tmp_path / "bits.json"))
-    trainer(tmp_path, [cb]).fit(model, datamodule=digits())
-    # make bit widths and masks non-trivial, then re-export
-    g = torch.Generator().manual_seed(1)
+def _export_random_allocation(model, seed: int) -> MixedPrecisionConfig:
+    """Set every gate of a searched model to a random value (mixed bit widths, some pruned channels); export."""
+    g = torch.Generator().manual_seed(seed)
     state = get_state(model)
     with torch.no_grad():
         for q in state.quantizers():
             q.log_alpha.copy_(torch.rand(q.log_alpha.shape, generator=g) * 6 - 3)
             if getattr(q, "prune_log_alpha", None) is not None:
                 q.prune_log_alpha.copy_(torch.rand(q.prune_log_alpha.shape, generator=g) * 7 - 1)
-    cfg = state.export()
+    return state.export()
+
+
+def test_apply_config_reproduces_searched_model(tmp_path):
+    model = tiny_module()
+    cb = BayesianBits(strength=0.1, export_path=str(tmp_path / "bits.json"))
+    trainer(tmp_path, [cb]).fit(model, datamodule=digits())
+    cfg = _export_random_allocation(model, seed=1)
     assert len({layer["weight"]["bits"] for layer in cfg.layers.values()}) > 1
     assert_config_reproduces(model, cfg, atol=1e-6)
 
@@ -101,14 +105,7 @@ def test_apply_config_data_ranges_trains_allocation_from_scratch(tmp_path):
     model = tiny_module()
     cb = BayesianBits(strength=0.1)
     trainer(tmp_path, [cb]).fit(model, datamodule=digits())
-    g = torch.Generator().manual_seed(2)
-    state = get_state(model)
-    with torch.no_grad():
-        for q in state.quantizers():
-            q.log_alpha.copy_(torch.rand(q.log_alpha.shape, generator=g) * 6 - 3)
-            if getattr(q, "prune_log_alpha", None) is not None:
-                q.prune_log_alpha.copy_(torch.rand(q.prune_log_alpha.shape, generator=g) * 7 - 1)
-    cfg = state.export()
+    cfg = _export_random_allocation(model, seed=2)
     assert any(layer["kept_channels"] is not None for layer in cfg.layers.values())
 
     fresh = tiny_module()
