@@ -65,7 +65,8 @@ def apply_config(model: nn.Module, config: MixedPrecisionConfig | str, ranges: s
     unfolded = [
         f["bn"] for f in folds.values() if f["mode"] == "static" and not isinstance(modules.get(f["bn"]), FoldedBatchNorm)
     ]
-    if unfolded and ranges == "config":  # the searched weights already contain those BatchNorms: folding fresh statistics would be wrong
+    # searched weights that already contain those BatchNorms cannot take a fold of fresh statistics (fresh weights can)
+    if unfolded and ranges == "config":
         raise BBConfigError(
             f"The config comes from a search with `fold_bn='static'`, whose weights already contain the BatchNorms "
             f"{unfolded[:5]}. Fold the fresh model first (`bb_lightning.wrap.bn_fold.fold_pairs(model, pairs, "
