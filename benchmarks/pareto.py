@@ -111,7 +111,7 @@ def run(
     name: str, make_cb: Callable[[], Any], seed: int, args: argparse.Namespace, root: str,
     allocation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train and test one variant; ``allocation``: an exported config (dict) to train as a fixed network instead."""
+    """Train and test one variant; ``allocation``: an exported config (``to_dict``) to train as a fixed network."""
     import lightning.pytorch as pl
 
     from bb_lightning import MixedPrecisionConfig, apply_config
@@ -126,8 +126,9 @@ def run(
         data_dir=args.data_dir, batch_size=args.batch_size, train_subset=args.train_subset,
         test_subset=args.test_subset, seed=0,  # the same subset for every variant and seed
     )
-    if allocation is not None:
-        apply_config(model.model, MixedPrecisionConfig.from_dict(allocation), ranges="data")
+    fixed = None if allocation is None else MixedPrecisionConfig.from_dict(allocation)
+    if fixed is not None:
+        apply_config(model.model, fixed, ranges="data")
     cb = make_cb()
     trainer = pl.Trainer(
         max_epochs=args.epochs, accelerator="cpu", devices=1, callbacks=[cb] if cb is not None else [],
@@ -141,10 +142,8 @@ def run(
     row: dict[str, Any] = {"name": name, "seed": seed, "acc": 100 * acc, "wall": wall, "model": args.model,
                            "epochs": args.epochs, "train_subset": args.train_subset, "steps": trainer.global_step,
                            "fold_bn": args.fold_bn}
-    if allocation is not None:
-        config = MixedPrecisionConfig.from_dict(allocation)
-        row.update(allocation_summary(config), config=allocation)
-        row["layers"] = layer_bits(config)
+    if fixed is not None:
+        row.update(allocation_summary(fixed), config=allocation, layers=layer_bits(fixed))
         return row
     if cb is None:
         params = sum(p.numel() for m in model.model.modules() if hasattr(m, "weight") and m.weight is not None
@@ -379,6 +378,7 @@ def main() -> None:
                                              f"in {results} (run it first)")
                         allocation = source["config"]
                     r = run(name, variants[name], seed, args, root, allocation)
+                    stored[(name, seed)] = r  # an `rt-` variant later in this sweep may retrain it
                     with results.open("a") as f:
                         f.write(json.dumps(r) + "\n")
                     print(f"[{name} seed {seed}] acc {r['acc']:.2f}%  rel. BOPs {r['rbops']:.3f}%  "
