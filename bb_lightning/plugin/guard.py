@@ -7,8 +7,8 @@ Two checks: the loss before ``backward``, and the gradients of the quantizer par
 before each optimizer step. A NaN/inf gradient anywhere upstream of a quantizer reaches its range and gate gradients,
 so the second check stops the run before the optimizer writes NaN into any parameter, even when the loss was finite
 (e.g. a non-finite convolution backward). A non-finite quantizer input does too, also where a learned range clips it
-to a finite value (the range gradients carry it; `bb_lightning.methods.bit_pruning.kernels`). It is skipped under a gradient scaler (``"16-mixed"``), which skips such
-steps by design.
+to a finite value (the range gradients carry it; `bb_lightning.methods.bit_pruning.kernels`). It is skipped under a
+gradient scaler (``"16-mixed"``), which skips such steps by design.
 
 Cost: on CPU both are checked at every step (reading a CPU scalar is no device sync). On accelerators a non-finite
 flag is accumulated on the device (no sync) and read only every ``trainer.log_every_n_steps`` steps, when Lightning

@@ -11,7 +11,7 @@ from .config import FixedBitsConfig
 
 
 class FixedBitsQuantizer(FixedQuantizer):
-    """`FixedQuantizer` whose range is initialised from data (weights: now; inputs: first training batch) and learned
+    """`FixedQuantizer` whose range is initialised from its first training-mode input (``x_max=None``) and learned
     with straight-through gradients."""
 
     def __init__(
