@@ -34,7 +34,8 @@ scales a channel that the batch statistics normalise again, so the task loss can
 Each finished run is appended to ``<out>/results.jsonl`` (so interrupted sweeps resume and several processes can
 share a folder) with its exported config, so its costs can be recounted (``--recount``) when the counting rules
 change; rows of pruned models without a config, written before input-side pruning was credited (spec 4.1,
-``rho_in``), are left out. The script then prints the table (test accuracy as mean +- std over seeds, relative BOPs, weight
+``rho_in``), are left out. The script then prints the table
+(test accuracy as mean +- std over seeds, relative BOPs, weight
 memory, pruned channel fraction, wall time) and writes ``<out>/pareto.png`` (accuracy vs relative BOPs, log x, the
 Pareto front of each method). Nothing is asserted.
 """

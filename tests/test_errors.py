@@ -84,7 +84,10 @@ def test_registered_adapter_makes_subclass_supported():
 
     try:
         bb_lightning.register_layer_adapter(
-            MyConv, bb_lightning.LayerAdapter(weight=lambda m: m.weight, run=lambda m, x, w: m._conv_forward(x, w, m.bias) * 2)
+            MyConv,
+            bb_lightning.LayerAdapter(
+                weight=lambda m: m.weight, run=lambda m, x, w: m._conv_forward(x, w, m.bias) * 2
+            ),
         )
         model = nn.Sequential(MyConv(1, 4, 3))
         x = torch.randn(2, 1, 8, 8)

@@ -22,7 +22,9 @@ def test_lenet5_recipe_has_the_papers_mnist_protocol(capsys):
     assert cfg["trainer"]["max_epochs"] == 100
     data = cfg["data"]
     assert data["class_path"].endswith("FashionMNISTDataModule")
-    assert data["init_args"]["batch_size"] == 128 and data["init_args"]["data_dir"] == "/usr/share/datasets/fashion-mnist"
+    assert (
+        data["init_args"]["batch_size"] == 128 and data["init_args"]["data_dir"] == "/usr/share/datasets/fashion-mnist"
+    )
 
 
 def test_timm_recipe_uses_the_length_derived_defaults(capsys):

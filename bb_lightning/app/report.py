@@ -5,7 +5,8 @@ Usage::
     bb-lightning report CONFIG.json [CONFIG2.json | RUN_DIR ...] [--out DIR] [--accuracy A ...] [--labels L ...]
 
 For each `MixedPrecisionConfig` (a JSON file, or every ``mixed_precision_config*.json`` in or below a run directory)
-it prints the per-layer table and writes ``<label>.png`` (bits per layer, kept/pruned channels, share of BOPs per layer) into
+it prints the per-layer table and writes ``<label>.png``
+(bits per layer, kept/pruned channels, share of BOPs per layer) into
 ``--out``; ``report.html`` gathers every config with its table and pictures. With two or more configs that have an
 accuracy (``--accuracy``, one value per config, or the ``<config>.metrics.json`` sidecar that ``bb-lightning fit``
 writes after testing), it also plots accuracy vs relative BOPs with the Pareto front (``pareto.png``).

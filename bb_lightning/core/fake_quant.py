@@ -2,7 +2,8 @@
 
 Conventions (Bayesian Bits spec, sections 1.1-1.8):
 
-* ``u = max(|x_max|, 1e-8)`` is the only range parameter (`effective_range`). Signed tensors use ``[-u, u]``, unsigned ones ``[0, u]``;
+* ``u = max(|x_max|, 1e-8)`` is the only range parameter (`effective_range`).
+  Signed tensors use ``[-u, u]``, unsigned ones ``[0, u]``;
   the range width is ``R = 2u`` or ``R = u``.
 * Inputs are clipped to ``[lo', hi']`` with ``hi' = (1 - 1e-7) u`` (keeps the top value off a rounding tie).
 * A ``b``-bit level is ``Q_b(x) = s_b * round(x_c / s_b)`` with ``s_b = R / (2^b - 1)``: signed tensors get the

@@ -116,7 +116,9 @@ def credit_input_pruning(
             continue
         keep_in = keep_in.detach().to("cpu", torch.float64).view(-1)
         keep_out = masks.get(c.name)
-        keep_out = torch.ones(c.channels, dtype=torch.float64) if keep_out is None else keep_out.to("cpu", torch.float64)
+        keep_out = (
+            torch.ones(c.channels, dtype=torch.float64) if keep_out is None else keep_out.to("cpu", torch.float64)
+        )
         shape = tuple(shapes[c.name])
         groups = keep_in.numel() // shape[1] if len(shape) > 2 and keep_in.numel() % shape[1] == 0 else 1
         if c.channels % groups:
@@ -149,7 +151,9 @@ def layer_costs(records: list[LayerRecord], modules: Mapping[str, nn.Module], in
             iq = m.input_quantizer
             if iq is not None and iq._initialized:  # an uncalibrated input quantizer passes inputs through
                 a_bits = iq.hard_bits()
-        out.append(LayerCost(rec.name, rec.macs, rec.params, w_bits, a_bits, kept, channels, w_mean, quantized, rec.type))
+        out.append(
+            LayerCost(rec.name, rec.macs, rec.params, w_bits, a_bits, kept, channels, w_mean, quantized, rec.type)
+        )
         masks[rec.name] = mask
     credit_input_pruning(out, {r.name: r.producer for r in records}, masks, {r.name: r.weight_shape for r in records})
     return out

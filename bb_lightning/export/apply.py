@@ -63,7 +63,9 @@ def apply_config(model: nn.Module, config: MixedPrecisionConfig | str, ranges: s
     folds = config.model.get("bn_fold") or {}
     modules = dict(model.named_modules())
     unfolded = [
-        f["bn"] for f in folds.values() if f["mode"] == "static" and not isinstance(modules.get(f["bn"]), FoldedBatchNorm)
+        f["bn"]
+        for f in folds.values()
+        if f["mode"] == "static" and not isinstance(modules.get(f["bn"]), FoldedBatchNorm)
     ]
     # searched weights that already contain those BatchNorms cannot take a fold of fresh statistics (fresh weights can)
     if unfolded and ranges == "config":

@@ -274,7 +274,8 @@ class MixedPrecisionConfig:
 
     # ----- for humans ---------------------------------------------------------------------------------------
     def table(self) -> str:
-        """A fixed-width per-layer table: weight/input bits, kept channels, share of total BOPs (`bb_lightning.cost.facts`)."""
+        """A fixed-width per-layer table: weight/input bits, kept channels, share of total BOPs
+        (`bb_lightning.cost.facts`)."""
         costs = config_costs(self)
         total = sum(c.bops for c in costs) or 1.0
         width = max(12, *(len(c.name) for c in costs))

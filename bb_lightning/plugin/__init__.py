@@ -18,4 +18,11 @@ from .presets import BayesianBits as BayesianBits
 from .presets import BitPruning as BitPruning
 from .search import QuantizationSearch as QuantizationSearch
 
-__all__ = ["BayesianBits", "BitPruning", "CostRegularizerMixin", "FixedGateFinetune", "NonFiniteGuard", "QuantizationSearch"]
+__all__ = [
+    "BayesianBits",
+    "BitPruning",
+    "CostRegularizerMixin",
+    "FixedGateFinetune",
+    "NonFiniteGuard",
+    "QuantizationSearch",
+]

@@ -96,7 +96,9 @@ class NonFiniteGuard(pl.Callback):
         self._grad_flag: Tensor | None = None
         self._params: tuple[Any, list[Tensor]] | None = None  # (state, its quantizer parameters), listed once
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._batch = batch  # a reference only, for the re-run if the loss turns out non-finite
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:

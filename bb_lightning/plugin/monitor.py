@@ -50,7 +50,8 @@ def _write_csv(path: Path, snap: BitSnapshot) -> None:
 
 
 class BitMonitor:
-    """Owned by `bb_lightning.plugin.search.QuantizationSearch`; keeps the bit history (persisted in the callback's state)."""
+    """Owned by `bb_lightning.plugin.search.QuantizationSearch`; keeps the bit history
+    (persisted in the callback's state)."""
 
     def __init__(self) -> None:
         self.history = BitHistory()

@@ -64,7 +64,9 @@ class SearchSchedule:
         self.ramp_epochs = epochs("ramp_epochs", self.ramp_epochs)
         self.finetune_auto = self.finetune_epochs is None
         self.finetune_epochs = 0 if self.finetune_auto else int_at_least("finetune_epochs", self.finetune_epochs, 0)
-        self.group_lrs = lr_map("group_lrs", dict(self.group_lrs) if isinstance(self.group_lrs, Mapping) else self.group_lrs)
+        self.group_lrs = lr_map(
+            "group_lrs", dict(self.group_lrs) if isinstance(self.group_lrs, Mapping) else self.group_lrs
+        )
 
     # ----- learning rates -----------------------------------------------------------------------------------
     def lr(self, group: str, method: str = "") -> float:

@@ -189,7 +189,10 @@ class QuantizationSearch(pl.Callback):
         params = [p for ps in groups.values() for p in ps]
         optimizer = param_groups.find_optimizer(trainer.optimizers, params, pl_module)
         travel = self.search_travel.get
-        rate = lambda g: self.schedule.resolve_lr(g, self.method, travel(g), trainer, optimizer, state.frozen)  # noqa: E731
+
+        def rate(g: str) -> float:
+            return self.schedule.resolve_lr(g, self.method, travel(g), trainer, optimizer, state.frozen)
+
         if param_groups.add_groups(optimizer, groups, rate):
             self._layout = param_groups.layout_of(groups, pl_module)
         param_groups.shield_from_schedulers(trainer)
@@ -208,7 +211,9 @@ class QuantizationSearch(pl.Callback):
             keep_frozen_gates_in_graph(trainer, state)
             rank_zero_info(f"bb_lightning: bit widths fixed at epoch {trainer.current_epoch}; fine-tuning weights.")
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         state = self.state(pl_module)
         scale = self.schedule.penalty_scale(trainer.current_epoch, batch_idx, float(trainer.num_training_batches))
         state.regularizer.scale = scale

@@ -1,7 +1,8 @@
 """What a wrapped LightningModule carries: the plan, the wrapped layers, the regulariser; (de)serialisable.
 
 The state hangs off the LightningModule as its only added attribute (``_bb_state``, a plain attribute, not a
-submodule), so it adds nothing to the state dict. Its plain-data form goes into checkpoints under ``checkpoint["bb_lightning"]`` so that
+submodule), so it adds nothing to the state dict. Its plain-data form goes into checkpoints under
+``checkpoint["bb_lightning"]`` so that
 ``LightningModule.load_from_checkpoint`` can re-wrap the model before the weights load.
 """
 

@@ -256,7 +256,8 @@ def _grads(qs):
 def test_batched_penalty_equals_sum_of_penalties():
     qs, scales = _mixed_quantizers()
     ref = sum(ref_penalty(q.log_alpha.detach(), CHAIN, s,
-                          None if q.prune_log_alpha is None else q.prune_log_alpha.detach()) for q, s in zip(qs, scales))
+                          None if q.prune_log_alpha is None else q.prune_log_alpha.detach())
+              for q, s in zip(qs, scales))
     loop = torch.stack([q.penalty(s) for q, s in zip(qs, scales)]).sum()
     loop.backward()
     g_loop = _grads(qs)

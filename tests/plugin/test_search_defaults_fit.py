@@ -10,7 +10,13 @@ import torch
 
 from bb_lightning import BayesianBits, BitPruning
 from bb_lightning.plugin.state import get_state
-from bb_lightning.plugin.search_defaults import StepBudget, bit_pruning_travel, derived_lr, noise_limited_lr, start_within_reach
+from bb_lightning.plugin.search_defaults import (
+    StepBudget,
+    bit_pruning_travel,
+    derived_lr,
+    noise_limited_lr,
+    start_within_reach,
+)
 from bb_lightning.methods.bayesian_bits.hard_concrete import eval_log_alpha_threshold
 
 from helpers import digits, tiny_module, trainer
@@ -83,6 +89,8 @@ def test_pruning_in_front_of_an_unfolded_batchnorm_gets_a_warning(tmp_path, fold
     hidden = [str(w.message) for w in caught if "feed a BatchNorm that is not folded" in str(w.message)]
     if fold_bn == "none":
         assert len(hidden) == 1
-        assert "15 pruned layers" in hidden[0] and "`conv1.0` -> `conv1.1`" in hidden[0] and "fold_bn='train'" in hidden[0]
+        assert (
+            "15 pruned layers" in hidden[0] and "`conv1.0` -> `conv1.1`" in hidden[0] and "fold_bn='train'" in hidden[0]
+        )
     else:
         assert hidden == []

@@ -33,7 +33,9 @@ from . import hard_concrete as hc
 from .quantizer import BayesianBitsQuantizer
 
 
-def batched_gate_penalty(quantizers: list[BayesianBitsQuantizer], scales: list[float], cache: dict | None = None) -> Tensor:
+def batched_gate_penalty(
+    quantizers: list[BayesianBitsQuantizer], scales: list[float], cache: dict | None = None
+) -> Tensor:
     """``sum_k penalty_k(scale_k)`` for many quantizers with one bit chain; frozen quantizers contribute 0.
 
     ``cache`` (owned by the caller) keeps the constant index tensors on the device between calls.
@@ -117,7 +119,9 @@ class ExpectedBops:
 
     def _add(self, q: nn.Module, layer: str) -> int:
         if not isinstance(q, BayesianBitsQuantizer):
-            raise BBConfigError(f"`expected_bops` needs Bayesian Bits quantizers; layer `{layer}` has {type(q).__name__}.")
+            raise BBConfigError(
+                f"`expected_bops` needs Bayesian Bits quantizers; layer `{layer}` has {type(q).__name__}."
+            )
         if self.quantizers and q.bits != self.quantizers[0].bits:
             raise BBConfigError(
                 f"`expected_bops` needs one bit chain for every quantizer; layer `{layer}` has {q.bits}, "
@@ -166,7 +170,9 @@ class ExpectedBops:
         c = self._constants(self.quantizers[0].log_alpha.device)
         keep = torch.ones(len(self.quantizers), device=c["macs"].device)
         if c["pruned"].numel():
-            pi = hc.prob_nonzero(torch.cat([q.prune_log_alpha for q in self.quantizers if q.prune_log_alpha is not None]))
+            pi = hc.prob_nonzero(
+                torch.cat([q.prune_log_alpha for q in self.quantizers if q.prune_log_alpha is not None])
+            )
             mean = pi.new_zeros(c["sizes"].numel()).index_add(0, c["seg"], pi)
             keep = keep.index_put((c["pruned"],), mean / c["sizes"])
         return keep

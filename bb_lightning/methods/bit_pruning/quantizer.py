@@ -1,7 +1,8 @@
 """BitPruning quantizer: a learned real bitlength ``n`` per tensor (or per output channel / group) on a min-max grid.
 
 Training uses the interpolated quantizer ``Q_n`` of `bb_lightning.methods.bit_pruning.kernels.fractional_quantize`;
-evaluation and the frozen (fine-tuning) phase use the integer grid at the rounded bitlength, i.e. exactly what is exported.
+evaluation and the frozen (fine-tuning) phase use the integer grid at the rounded bitlength,
+i.e. exactly what is exported.
 Ranges are statistics, not parameters (spec 1.2): weights use their live min/max (per output channel when the
 bitlength is per channel or group), input activations a running (EMA) min/max updated in training and fixed in
 evaluation. With ``learn_ranges`` they start there and are then learned (spec R3; `kernels.fractional_quantize`).

@@ -86,7 +86,8 @@ class BitCostConfig:
             if self.target > limit:
                 unit = "bits" if self.kind == BitCostKind.AVERAGE_BITS else "fraction of float32"
                 raise BBConfigError(
-                    f"Expected argument `target` for regularizer `{self.kind.value}` in ({unit}) to be at most "  # type: ignore[union-attr]
+                    f"Expected argument `target` for regularizer `{self.kind.value}` "  # type: ignore[union-attr]
+                    f"in ({unit}) to be at most "
                     f"{limit:g}, but got {self.target!r}."
                 )
 
