@@ -7,6 +7,7 @@ from torch import nn
 
 from ..errors import BBConfigError
 from ..methods.fixed import FixedMinMaxQuantizer, FixedQuantizer
+from ..wrap.adapters import get_adapter
 from ..wrap.bn_fold import FoldedBatchNorm, fold_bn_static, fold_bn_train
 from ..wrap.layers import wrap_layer
 from .check import check_model
@@ -42,11 +43,12 @@ def _fixed_quantizer(
 def apply_config(model: nn.Module, config: MixedPrecisionConfig | str, ranges: str = "config") -> nn.Module:
     """Quantize ``model`` in place with fixed bit widths, ranges and channel masks from ``config``; returns it.
 
-    ``ranges="data"`` keeps the bit widths and channel masks but not the searched ranges: each quantizer takes sign
-    and range from its first training-mode input (as the uniform baselines do) and learns it from there, and
-    BatchNorms the search folded for training (``fold_bn="train"``) are folded the same way, so they keep training.
-    Use it to train the searched allocation from freshly initialised weights, whose scale the searched ranges do
-    not fit (symmetric grids only: Bayesian Bits and uniform configs).
+    ``ranges="data"`` keeps the bit widths and channel masks but not the searched ranges: as in the uniform
+    baselines, each weight quantizer takes its range from the model's weight now (all-zero weights, e.g. behind a
+    zero-initialised BatchNorm, at the first training step), each input quantizer from its first training-mode
+    input, and both learn it from there; the BatchNorms the search folded for training (``fold_bn="train"``) are
+    folded the same way, so they keep training. Use it to train the searched allocation from freshly initialised
+    weights, whose scale the searched ranges do not fit (symmetric grids only: Bayesian Bits and uniform configs).
 
     ``model`` must have the architecture the config was exported from and should carry the trained float weights
     (the searched model's state dict keeps every original key, so ``model.load_state_dict(sd, strict=False)``
@@ -93,5 +95,10 @@ def apply_config(model: nn.Module, config: MixedPrecisionConfig | str, ranges: s
         iq = None
         if layer["input"] is not None:
             iq = _fixed_quantizer("input", layer["input"], None, ranges, name).to(device).train(m.training)
+        for q in (wq, iq):
+            if q is not None:
+                q.layer_name = name  # for error messages
+        if ranges == "data":  # weights calibrate now, as the uniform baselines' do (inputs on the first batch)
+            wq.init_range(get_adapter(m, name).weight(m))
         wrap_layer(m, wq, iq)
     return model

@@ -59,17 +59,20 @@ class QuantizerBase(nn.Module):
     # ----- ranges -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def init_range(self, x: Tensor) -> None:
-        """Set sign and range from data: signed iff ``min(x) < 0``; ``x_max = max|x|`` (signed) or ``max(x)``.
+        """Set sign and range from data: ``x_max = max|x|`` (signed) or ``max(x)`` (unsigned).
 
-        Recorded choice (spec 1.1): the reference uses ``max(x)`` for signed tensors too, clipping the most negative
-        values; we use ``max|x|`` so nothing is clipped at initialisation. Under ``torch.distributed`` input ranges
-        are reduced over all ranks (min of minima, max of maxima), so every rank starts from the same range.
+        Weights are always signed; inputs are signed iff ``min(x) < 0``. An all-zero weight (e.g. a folded
+        BatchNorm whose ``gamma`` starts at 0, as in timm's ResNets) leaves the quantizer uncalibrated, and the next
+        training-mode forward tries again. Recorded choices (spec 1.1): the reference takes the sign of weights from
+        the data too, and uses ``max(x)`` for signed tensors, clipping the most negative values; we use ``max|x|``
+        so nothing is clipped at initialisation. Under ``torch.distributed`` input ranges are reduced over all ranks
+        (min of minima, max of maxima), so every rank starts from the same range.
         """
         rng = self._data_range(x)
         if rng is None:
             return
         lo, hi = rng
-        signed = bool(lo < 0)
+        signed = True if self.role == "weight" else bool(lo < 0)
         u = torch.maximum(hi, -lo) if signed else hi
         self.x_max.copy_(u.clamp_min(1e-8))
         self.signed.fill_(signed)
@@ -78,7 +81,7 @@ class QuantizerBase(nn.Module):
 
     @torch.no_grad()
     def _data_range(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
-        """``(min(x), max(x))`` in float32 for range initialisation, or ``None`` for an empty tensor.
+        """``(min(x), max(x))`` in float32 for range initialisation, or ``None`` for an empty or all-zero weight.
 
         Raises `NonFiniteError` naming the layer for NaN/inf. Input ranges are reduced over all ranks under
         ``torch.distributed`` (min of minima, max of maxima; spec pitfall 9), so every rank starts from the same range.
@@ -87,12 +90,15 @@ class QuantizerBase(nn.Module):
         if x.numel() == 0:
             return None
         lo, hi = torch.aminmax(x)
-        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):  # one read, once per quantizer
+        finite, zero = torch.stack([torch.isfinite(lo) & torch.isfinite(hi), (lo == 0) & (hi == 0)]).tolist()
+        if not finite:  # one read, once per quantizer (and per step while a weight stays all-zero)
             raise NonFiniteError(
                 f"Cannot initialise the {self.role} range of layer `{self.layer_name or '?'}`: the first "
                 f"{'batch it sees' if self.role == 'input' else 'weight'} contains NaN/inf (min {float(lo)}, max "
                 f"{float(hi)}). Check the data and the layers before it."
             )
+        if zero and self.role == "weight":
+            return None  # nothing to take a range from yet (weights are the same on every rank)
         if self.role == "input" and torch.distributed.is_available() and torch.distributed.is_initialized():
             both = torch.stack([-lo, hi])
             torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)

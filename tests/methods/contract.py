@@ -111,6 +111,31 @@ class QuantizerContract:
             out = q(w)
         assert out.dtype == torch.bfloat16 and torch.equal(out, ref)
 
+    def test_weights_are_signed_and_an_all_zero_weight_waits(self):
+        """A weight's grid is signed even if it starts non-negative; an all-zero weight (a folded BatchNorm whose
+        gamma starts at 0) leaves the range uncalibrated until a training forward sees a non-zero weight."""
+        torch.manual_seed(0)
+        model = Net()
+        with torch.no_grad():
+            model.stem.weight.abs_()
+            model.pw.weight.zero_()
+        records = plan_layers(model, self.wrap, torch.zeros(1, *INPUT))
+        modules = apply_plan(model, records, self.method, self.make_config())
+        stem, pw = modules["stem"].weight_quantizer, modules["pw"].weight_quantizer
+        assert stem._signed and bool(stem.signed) and stem._initialized
+        assert not pw._initialized and not bool(pw.initialized)
+        model.train()
+        model(self.batch())
+        assert not pw._initialized  # still all zero
+        w = torch.randn(6, 8, 1, 1, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            model.pw.weight.copy_(w)
+        model(self.batch())
+        assert pw._initialized and pw._signed and bool(pw.signed)
+        lo, hi = pw.range()
+        assert lo == pytest.approx(float(w.min()) if pw.grid == "minmax" else -float(w.abs().max()), rel=1e-6)
+        assert hi == pytest.approx(float(w.max()) if pw.grid == "minmax" else float(w.abs().max()), rel=1e-6)
+
     def test_gradient_reaches_every_parameter(self):
         _, model, records, modules = self.build()
         loss = model(self.batch()).square().mean() + self.regularizer(records, modules)()

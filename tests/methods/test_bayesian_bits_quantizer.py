@@ -370,6 +370,12 @@ def test_eval_output_equals_fixed_quantizer_with_mask(signed):
     if not signed:
         w = w.abs()
     q = make("weight", 6, x=w, gate_init=(6, 6, -6, -6))
+    assert q._signed  # weights are always signed ...
+    if not signed:  # ... but checkpoints written before that may hold an unsigned weight grid
+        sd = q.state_dict()
+        sd["signed"] = torch.tensor(False)
+        q.load_state_dict(sd)
+        assert not q._signed
     set_(q.prune_log_alpha, [6.0, -6.0, 0.0, -1.0, 6.0, 2.0])
     q.eval()
     out = q(w)

@@ -429,7 +429,9 @@ def test_train_step_gradients(arch: Arch):
         if m.input_quantizer is not None:
             quantizers.append(("input_quantizer", m.input_quantizer))
         for qname, q in quantizers:
-            assert bool(q.initialized), f"{name}.{qname} was never initialised"
+            # an all-zero weight (timm's zero-initialised last layer of a block) has no range to take yet
+            waits = qname == "weight_quantizer" and not m._bb_adapter.weight(m).any()
+            assert bool(q.initialized) != waits, f"{name}.{qname}: initialised {bool(q.initialized)}"
             params = [("log_alpha", q.log_alpha), ("x_max", q.x_max)]
             if q.prune_log_alpha is not None:
                 params.append(("prune_log_alpha", q.prune_log_alpha))

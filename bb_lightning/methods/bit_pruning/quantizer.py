@@ -147,7 +147,8 @@ class BitPruningQuantizer(QuantizerBase):
 
     @torch.no_grad()
     def init_range(self, x: Tensor) -> None:
-        """Weights: their min/max. Inputs: the first batch's min/max (reduced over ranks under DDP)."""
+        """Weights: their min/max, always signed (an all-zero weight waits for the next forward). Inputs: the first
+        batch's min/max (reduced over ranks under DDP), signed iff it has negative values."""
         rng = self._data_range(x)  # NaN/inf check; reduced over ranks for inputs
         if rng is None:
             return
@@ -156,7 +157,7 @@ class BitPruningQuantizer(QuantizerBase):
         else:
             self.lo.copy_(rng[0])
             self.hi.copy_(rng[1])
-        signed = bool(self.lo.min() < 0)
+        signed = True if self.role == "weight" else bool(self.lo.min() < 0)
         self.signed.fill_(signed)
         self.initialized.fill_(True)
         self._signed, self._initialized = signed, True
