@@ -28,8 +28,9 @@ scales a channel that the batch statistics normalise again, so the task loss can
   (``BitPruning(strength=0, init_bits=b, min_bits=b, max_bits=b)``), i.e. the uniform baseline without learned ranges;
 * ``rt-<variant>`` (diagnostic, ``--retrain``): the allocation (bit widths, pruned channels) that the stored run of
   ``<variant>`` with the same seed exported, trained from scratch as a fixed network with the uniform baselines'
-  quantizer (``apply_config(model, config, ranges="data")``). It separates what the search costs (noisy gates,
-  short fixed-width tail) from what the allocation can reach.
+  quantizer and range learning rate (``FixedGateFinetune(config=..., ranges="data", range_lr=1e-3)``). It separates
+  what the search costs (noisy gates, short fixed-width tail) from what the allocation can reach. Bayesian Bits and
+  uniform variants only (min-max grids have no range to calibrate).
 
 Each finished run is appended to ``<out>/results.jsonl`` (so interrupted sweeps resume and several processes can
 share a folder) with its exported config, so its costs can be recounted (``--recount``) when the counting rules
@@ -115,7 +116,7 @@ def run(
     """Train and test one variant; ``allocation``: an exported config (``to_dict``) to train as a fixed network."""
     import lightning.pytorch as pl
 
-    from bb_lightning import MixedPrecisionConfig, apply_config
+    from bb_lightning import FixedGateFinetune, MixedPrecisionConfig
     from bb_lightning.app.fashion_mnist import FashionMNISTDataModule
     from bb_lightning.app.module import TimmClassifier
 
@@ -128,9 +129,11 @@ def run(
         test_subset=args.test_subset, seed=0,  # the same subset for every variant and seed
     )
     fixed = None if allocation is None else MixedPrecisionConfig.from_dict(allocation)
-    if fixed is not None:
-        apply_config(model.model, fixed, ranges="data")
     cb = make_cb()
+    if fixed is not None:  # ranges in their own group at a constant 1e-3, as the uniform baselines' are
+        path = os.path.join(root, f"{name}-{seed}-allocation.json")
+        fixed.save(path)
+        cb = FixedGateFinetune(config=path, ranges="data", range_lr=1e-3)
     trainer = pl.Trainer(
         max_epochs=args.epochs, accelerator="cpu", devices=1, callbacks=[cb] if cb is not None else [],
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -362,6 +365,11 @@ def main() -> None:
         unknown = sorted(set(names) - set(variants))
         if unknown:
             raise SystemExit(f"unknown variants {unknown}; known: {sorted(variants)}")
+        names.sort(key=lambda n: n.startswith("rt-"))  # sources first, so that an `rt-` variant can retrain them
+        minmax = [v for v in retrain if family(v).startswith("uniform, min-max") or family(v).startswith("BitPruning")]
+        if minmax:
+            raise SystemExit(f"--retrain {','.join(minmax)}: min-max-grid allocations (BitPruning, mm<b>) cannot "
+                             "be retrained with calibrated ranges; retrain Bayesian Bits or uniform variants")
         seeds = [int(s) for s in args.seeds.split(",") if s]
         stored = {(r["name"], r["seed"]): r for r in load(results)
                   if r["model"] == args.model and r["epochs"] == args.epochs and r["train_subset"] == args.train_subset

@@ -27,6 +27,7 @@ from .. import _validate as v
 from .._registry import get_hook
 from ..errors import BBConfigError
 from ..export import MixedPrecisionConfig, apply_config
+from ..export.apply import RANGES
 from ..methods.base import QuantizerBase
 from ..wrap.bn_fold import unfold_bn_train
 from ..wrap.layers import unwrap_layer
@@ -64,6 +65,9 @@ class FixedGateFinetune(pl.Callback):
         weights: ... and the searched weights: a Lightning checkpoint of the search or a plain state dict of the
             model (quantizer entries are ignored). Without it the model's current weights are used.
         range_lr: learning rate of the ranges (reference: 1e-4 with Adam).
+        ranges: ``"config"``: start from the searched ranges (fine-tuning the searched weights); ``"data"``: keep
+            only the bit widths and pruned channels and calibrate the ranges from the model's own weights and first
+            training batch, to train the allocation from freshly initialised weights (`apply_config`).
         model_attr: attribute of the LightningModule holding the model; default ``model`` if present, else the module.
         export_onnx: write the fine-tuned model as ONNX (``<log_dir>/model.onnx``) at the end of fit.
 
@@ -82,8 +86,12 @@ class FixedGateFinetune(pl.Callback):
         range_lr: float = 1e-4,
         model_attr: str | None = None,
         export_onnx: bool = False,
+        ranges: str = "config",
     ) -> None:
         super().__init__()
+        if ranges not in RANGES:
+            raise BBConfigError(f"FixedGateFinetune: `ranges` must be one of {RANGES}, got {ranges!r}.")
+        self.ranges = ranges
         self.export_onnx = bool(export_onnx)  # write <log_dir>/model.onnx at the end of fit (bb_lightning.deploy)
         if (search_checkpoint is None) == (config is None):
             raise BBConfigError(
@@ -150,7 +158,7 @@ class FixedGateFinetune(pl.Callback):
             self._root_attr_name = root_attr_name(pl_module, self.model_attr)
             root = resolve_root(pl_module, self._root_attr_name)
             config = self._from_checkpoint(pl_module, root) if self.search_checkpoint else self._from_config(root)
-            apply_config(root, config)
+            apply_config(root, config, ranges=self.ranges)
             pl_module.__dict__[_DONE] = config
             t = config.totals
             rank_zero_info(

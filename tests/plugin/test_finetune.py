@@ -83,6 +83,35 @@ def test_finetune_from_exported_config_and_weights(search, weights):
     _check_fixed(module, x, logits)
 
 
+def test_train_allocation_from_scratch_with_data_ranges(search, tmp_path):
+    """``ranges="data"``: the searched widths and masks on the model's fresh weights, ranges in their own group."""
+    tmp, x, _ = search
+    config = MixedPrecisionConfig.load(tmp / "config.json")
+    module = tiny_module(lr_schedule="cosine", lr_interval="step")
+    fresh = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    ft = FixedGateFinetune(config=str(tmp / "config.json"), ranges="data", range_lr=3e-3)
+    t = trainer(tmp_path, [ft], limit_train_batches=2)
+    t.fit(module, datamodule=digits())
+    layers = dict(module.model.named_modules())
+    for name, spec in config.layers.items():
+        if not spec["quantized"]:
+            continue
+        wq = layers[name].weight_quantizer
+        assert wq.hard_bits() == (spec["weight"]["bits"] if spec["kept_channels"] != [] else 0), name
+        assert wq._initialized and wq._signed, name
+        # calibrated on the fresh weights (+ 2 steps), not the searched range
+        assert float(wq.x_max) != pytest.approx(spec["weight"]["range"][1], rel=1e-3), name
+    assert not any(isinstance(m, FoldedBatchNorm) for m in module.modules())  # folded for training, still BN
+    (opt,) = t.optimizers
+    groups = {g.get("bb_lightning", "weights"): g for g in opt.param_groups}
+    assert set(groups) == {"weights", "ranges"}
+    assert groups["ranges"]["lr"] == pytest.approx(3e-3) and groups["ranges"]["weight_decay"] == 0
+    assert groups["weights"]["lr"] == pytest.approx(0.0, abs=1e-12)  # the weights' cosine schedule only
+    assert any(not torch.equal(p, fresh[n]) for n, p in module.model.named_parameters() if n in fresh)
+    with pytest.raises(BBConfigError, match="ranges"):
+        FixedGateFinetune(config=str(tmp / "config.json"), ranges="searched")
+
+
 def test_finetune_errors(search, tmp_path):
     tmp, _, _ = search
     with pytest.raises(BBConfigError, match="exactly one starting point"):
