@@ -116,9 +116,10 @@ def run(
     """Train and test one variant; ``allocation``: an exported config (``to_dict``) to train as a fixed network."""
     import lightning.pytorch as pl
 
-    from bb_lightning import FixedGateFinetune, MixedPrecisionConfig
+    from bb_lightning import MixedPrecisionConfig
     from bb_lightning.app.fashion_mnist import FashionMNISTDataModule
     from bb_lightning.app.module import TimmClassifier
+    from bb_lightning.plugin import FixedGateFinetune
 
     pl.seed_everything(seed, verbose=False)
     model = TimmClassifier(
