@@ -61,7 +61,7 @@ UNIFORM = (8, 6, 4, 3, 2)
 def _variants(
     bb_strengths: list[float], bp_strengths: list[float], fold_bn: str = "none", bbe_strengths: tuple[float, ...] = (),
     bp1_strengths: tuple[float, ...] = (), minmax_bits: tuple[int, ...] = (), bpr_strengths: tuple[float, ...] = (),
-    bpr1_strengths: tuple[float, ...] = (),
+    bpr1_strengths: tuple[float, ...] = (), range_lr: float | None = None,
 ) -> dict[str, Callable[[], Any]]:
     from bb_lightning import BayesianBits, BitPruning, QuantizationSearch
     from bb_lightning.cost.penalty import CostConfig
@@ -69,22 +69,24 @@ def _variants(
 
     def fixed(bits: int) -> Callable[[], Any]:
         return lambda: QuantizationSearch(
-            FixedBitsConfig(bits, bits), CostConfig(strength=0.0), fold_bn=fold_bn, group_lrs={"ranges": 1e-3}
+            FixedBitsConfig(bits, bits), CostConfig(strength=0.0), fold_bn=fold_bn,
+            group_lrs={"ranges": range_lr or 1e-3},
         )
 
     out: dict[str, Callable[[], Any]] = {"float": lambda: None}
     out.update({f"w{b}a{b}": fixed(b) for b in UNIFORM})
-    out.update({f"bb-{mu:g}": (lambda mu=mu: BayesianBits(mu=mu, fold_bn=fold_bn)) for mu in bb_strengths})
-    out.update({f"bbe-{mu:g}": (lambda mu=mu: BayesianBits(mu=mu, regularizer="expected_bops", fold_bn=fold_bn))
+    kw: dict[str, Any] = {"fold_bn": fold_bn, "range_lr": range_lr}
+    out.update({f"bb-{mu:g}": (lambda mu=mu: BayesianBits(mu=mu, **kw)) for mu in bb_strengths})
+    out.update({f"bbe-{mu:g}": (lambda mu=mu: BayesianBits(mu=mu, regularizer="expected_bops", **kw))
                 for mu in bbe_strengths})
-    out.update({f"bp-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, fold_bn=fold_bn)) for lam in bp_strengths})
-    out.update({f"bp1-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, min_bits=1.0, fold_bn=fold_bn))
+    out.update({f"bp-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, **kw)) for lam in bp_strengths})
+    out.update({f"bp1-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, min_bits=1.0, **kw))
                 for lam in bp1_strengths})
-    out.update({f"bpr-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, learn_ranges=True, fold_bn=fold_bn))
+    out.update({f"bpr-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, learn_ranges=True, **kw))
                 for lam in bpr_strengths})
-    out.update({f"bpr1-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, learn_ranges=True, min_bits=1.0,
-                                                             fold_bn=fold_bn)) for lam in bpr1_strengths})
-    out.update({f"mm{b}": (lambda b=b: BitPruning(strength=0.0, init_bits=b, min_bits=b, max_bits=b, fold_bn=fold_bn))
+    out.update({f"bpr1-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, learn_ranges=True, min_bits=1.0, **kw))
+                for lam in bpr1_strengths})
+    out.update({f"mm{b}": (lambda b=b: BitPruning(strength=0.0, init_bits=b, min_bits=b, max_bits=b, **kw))
                 for b in minmax_bits})
     return out
 
@@ -134,7 +136,7 @@ def run(
     if fixed is not None:  # ranges in their own group at a constant 1e-3, as the uniform baselines' are
         path = os.path.join(root, f"{name}-{seed}-allocation.json")
         fixed.save(path)
-        cb = FixedGateFinetune(config=path, ranges="data", range_lr=1e-3)
+        cb = FixedGateFinetune(config=path, ranges="data", range_lr=args.range_lr or 1e-3)
     trainer = pl.Trainer(
         max_epochs=args.epochs, accelerator="cpu", devices=1, callbacks=[cb] if cb is not None else [],
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -147,6 +149,8 @@ def run(
     row: dict[str, Any] = {"name": name, "seed": seed, "acc": 100 * acc, "wall": wall, "model": args.model,
                            "epochs": args.epochs, "train_subset": args.train_subset, "steps": trainer.global_step,
                            "fold_bn": args.fold_bn}
+    if args.range_lr is not None:
+        row["range_lr"] = args.range_lr
     if fixed is not None:
         row.update(allocation_summary(fixed), config=allocation, layers=layer_bits(fixed))
         return row
@@ -337,6 +341,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated subset of variants (e.g. float,w4a4,bb-0.01)")
     parser.add_argument("--fold-bn", default="none", choices=["none", "train", "static"],
                         help="BatchNorm folding of every quantized variant (the callbacks' fold_bn)")
+    parser.add_argument("--range-lr", type=float, default=None,
+                        help="learning rate of every variant's ranges (default: the methods' 1e-3)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/pareto", help="folder for results.jsonl and pareto.png")
     parser.add_argument("--report-only", action="store_true", help="only print the table and write the PNG")
@@ -359,7 +365,7 @@ def main() -> None:
                              tuple(float(v) for v in args.bp1_strengths.split(",") if v),
                              tuple(int(v) for v in args.minmax_bits.split(",") if v),
                              tuple(float(v) for v in args.bpr_strengths.split(",") if v),
-                             tuple(float(v) for v in args.bpr1_strengths.split(",") if v))
+                             tuple(float(v) for v in args.bpr1_strengths.split(",") if v), args.range_lr)
         retrain = [v for v in args.retrain.split(",") if v]
         variants.update({f"rt-{v}": (lambda: None) for v in retrain})
         names = [n for n in args.only.split(",") if n] or list(variants)
@@ -374,7 +380,7 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",") if s]
         stored = {(r["name"], r["seed"]): r for r in load(results)
                   if r["model"] == args.model and r["epochs"] == args.epochs and r["train_subset"] == args.train_subset
-                  and r.get("fold_bn", "none") == args.fold_bn}
+                  and r.get("fold_bn", "none") == args.fold_bn and r.get("range_lr") == args.range_lr}
         with tempfile.TemporaryDirectory() as root:
             for seed in seeds:
                 for name in names:
@@ -402,7 +408,8 @@ def main() -> None:
     r0 = rows[0]
     subset = f", {r0['train_subset']} training images" if r0["train_subset"] else ""
     header = (f"{r0['model']}, Fashion-MNIST{subset}, {r0['epochs']} epochs ({r0['steps']} steps), Adam 1e-3 cosine, "
-              f"fold_bn={r0.get('fold_bn', 'none')}")
+              f"fold_bn={r0.get('fold_bn', 'none')}"
+              + (f", range lr {r0['range_lr']:g}" if r0.get("range_lr") else ""))
     aggs = aggregate(rows)
     print(table(aggs, header))
     plot(aggs, out / "pareto.png", header)
