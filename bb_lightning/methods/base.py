@@ -84,25 +84,29 @@ class QuantizerBase(nn.Module):
         """``(min(x), max(x))`` in float32 for range initialisation, or ``None`` for an empty or all-zero weight.
 
         Raises `NonFiniteError` naming the layer for NaN/inf. Input ranges are reduced over all ranks under
-        ``torch.distributed`` (min of minima, max of maxima; spec pitfall 9), so every rank starts from the same range.
+        ``torch.distributed`` (min of minima, max of maxima; spec pitfall 9), so every rank starts from the same range;
+        the NaN/inf check is reduced with them, so that every rank raises instead of waiting for one that did.
         """
         x = x.detach().float()
         if x.numel() == 0:
             return None
         lo, hi = torch.aminmax(x)
-        finite, zero = torch.stack([torch.isfinite(lo) & torch.isfinite(hi), (lo == 0) & (hi == 0)]).tolist()
+        bad = (~(torch.isfinite(lo) & torch.isfinite(hi))).float()
+        reduced = self.role == "input" and torch.distributed.is_available() and torch.distributed.is_initialized()
+        if reduced:
+            both = torch.stack([-lo, hi, bad])
+            torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
+            lo, hi, bad = -both[0], both[1], both[2]
+        finite, zero = torch.stack([bad == 0, (lo == 0) & (hi == 0)]).tolist()
         if not finite:  # one read, once per quantizer (and per step while a weight stays all-zero)
+            where = "the first batch it sees" if self.role == "input" else "the weight"
             raise NonFiniteError(
-                f"Cannot initialise the {self.role} range of layer `{self.layer_name or '?'}`: the first "
-                f"{'batch it sees' if self.role == 'input' else 'weight'} contains NaN/inf (min {float(lo)}, max "
-                f"{float(hi)}). Check the data and the layers before it."
+                f"Cannot initialise the {self.role} range of layer `{self.layer_name or '?'}`: {where} contains "
+                f"NaN/inf{' on at least one rank' if reduced else ''} (min {float(lo)}, max {float(hi)}). Check the "
+                "data and the layers before it."
             )
         if zero and self.role == "weight":
             return None  # nothing to take a range from yet (weights are the same on every rank)
-        if self.role == "input" and torch.distributed.is_available() and torch.distributed.is_initialized():
-            both = torch.stack([-lo, hi])
-            torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
-            lo, hi = -both[0], both[1]
         return lo, hi
 
     @staticmethod

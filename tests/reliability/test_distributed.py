@@ -72,6 +72,19 @@ def test_ddp_two_processes_agree(tmp_path, method, strategy):
         assert "ddp_spawn" in log
 
 
+@pytest.mark.timeout(200)
+def test_non_finite_first_batch_on_one_rank_raises_on_every_rank(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "reliability.nan_rank_worker", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for name in ranks[0]:
+        for rank in ranks:  # both ranks raise the named error; none waits for the other (gloo timeout)
+            assert rank[name].startswith("NonFiniteError"), (name, rank[name])
+            assert f"`{name}.conv`" in rank[name] and "on at least one rank" in rank[name]
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_fsdp_is_rejected_up_front(method):
     module = tiny_module()
