@@ -28,8 +28,9 @@ class QuantizerBase(nn.Module):
     """Base class for quantizers.
 
     Subclasses own a 0-dim range parameter ``x_max`` and a persistent boolean buffer ``signed``. Ranges of weight
-    quantizers are initialised eagerly from the weight; input quantizers initialise theirs from the first batch
-    they see in training mode (until then, and in evaluation before that, they pass inputs through unchanged).
+    quantizers are initialised eagerly from the weight (an all-zero weight: at the first training-mode forward that
+    sees it non-zero); input quantizers initialise theirs from the first batch they see in training mode (until
+    then, and in evaluation before that, they pass inputs through unchanged).
     """
 
     method: ClassVar[str] = "base"

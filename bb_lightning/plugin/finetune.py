@@ -6,7 +6,9 @@ range and channel mask (no gates, no regulariser), and BatchNorm folded during t
 its running statistics. The conversion is lossless: before any fine-tuning step, the model's evaluation logits equal
 the searched model's. Only the weights, biases and ranges train; the ranges get their own optimizer group
 (``range_lr``, no weight decay), added in ``on_fit_start`` by the same helper as the search callback's groups
-(`bb_lightning.plugin.param_groups`) and persisted by parameter name.
+(`bb_lightning.plugin.param_groups`) and persisted by parameter name. With ``ranges="data"`` only the bit widths
+and channel masks are kept (ranges calibrated from the data, BatchNorm folded as the search folded it), to train
+the allocation from fresh weights; that conversion is not lossless.
 
 The starting point is either a search checkpoint (a Lightning ``.ckpt`` written while a quantization callback was
 active) or an exported `MixedPrecisionConfig` plus the searched weights.
@@ -163,7 +165,9 @@ class FixedGateFinetune(pl.Callback):
             t = config.totals
             rank_zero_info(
                 f"bb_lightning: fine-tuning the fixed model ({100 * t['relative_bops']:.3f}% relative BOPs, "
-                f"{len(config.model.get('bn_fold', {}))} BatchNorm folded statically)."
+                f"{len(config.model.get('bn_fold', {}))} BatchNorm folded "
+                f"{'statically' if self.ranges == 'config' else 'as in the search'}, ranges from "
+                f"{'the search' if self.ranges == 'config' else 'the data'})."
             )
         self.config = pl_module.__dict__[_DONE]
 
