@@ -35,10 +35,9 @@ scales a channel that the batch statistics normalise again, so the task loss can
 Each finished run is appended to ``<out>/results.jsonl`` (so interrupted sweeps resume and several processes can
 share a folder) with its exported config, so its costs can be recounted (``--recount``) when the counting rules
 change; rows of pruned models without a config, written before input-side pruning was credited (spec 4.1,
-``rho_in``), are left out. The script then prints the table
-(test accuracy as mean +- std over seeds, relative BOPs, weight
-memory, pruned channel fraction, wall time) and writes ``<out>/pareto.png`` (accuracy vs relative BOPs, log x, the
-Pareto front of each method). Nothing is asserted.
+``rho_in``), are left out. The script then prints the table (test accuracy as mean +- std over seeds, relative
+BOPs, weight memory, pruned channel fraction, wall time) and writes ``<out>/pareto.png`` (accuracy vs relative BOPs,
+log x, the Pareto front of each method). Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -66,11 +65,12 @@ def _variants(
     from bb_lightning import BayesianBits, BitPruning, QuantizationSearch
     from bb_lightning.cost.penalty import CostConfig
     from bb_lightning.methods.fixed_bits import FixedBitsConfig
+    from bb_lightning.plugin.schedule import DEFAULT_GROUP_LRS
 
     def fixed(bits: int) -> Callable[[], Any]:
         return lambda: QuantizationSearch(
             FixedBitsConfig(bits, bits), CostConfig(strength=0.0), fold_bn=fold_bn,
-            group_lrs={"ranges": range_lr or 1e-3},
+            group_lrs={"ranges": range_lr or DEFAULT_GROUP_LRS["ranges"]},
         )
 
     out: dict[str, Callable[[], Any]] = {"float": lambda: None}
@@ -122,6 +122,7 @@ def run(
     from bb_lightning.app.fashion_mnist import FashionMNISTDataModule
     from bb_lightning.app.module import TimmClassifier
     from bb_lightning.plugin import FixedGateFinetune
+    from bb_lightning.plugin.schedule import DEFAULT_GROUP_LRS
 
     pl.seed_everything(seed, verbose=False)
     model = TimmClassifier(
@@ -133,10 +134,10 @@ def run(
     )
     fixed = None if allocation is None else MixedPrecisionConfig.from_dict(allocation)
     cb = make_cb()
-    if fixed is not None:  # ranges in their own group at a constant 1e-3, as the uniform baselines' are
+    if fixed is not None:  # ranges in their own group at a constant rate, as the uniform baselines' are
         path = os.path.join(root, f"{name}-{seed}-allocation.json")
         fixed.save(path)
-        cb = FixedGateFinetune(config=path, ranges="data", range_lr=args.range_lr or 1e-3)
+        cb = FixedGateFinetune(config=path, ranges="data", range_lr=args.range_lr or DEFAULT_GROUP_LRS["ranges"])
     trainer = pl.Trainer(
         max_epochs=args.epochs, accelerator="cpu", devices=1, callbacks=[cb] if cb is not None else [],
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -373,7 +374,7 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"unknown variants {unknown}; known: {sorted(variants)}")
         names.sort(key=lambda n: n.startswith("rt-"))  # sources first, so that an `rt-` variant can retrain them
-        minmax = [v for v in retrain if family(v).startswith("uniform, min-max") or family(v).startswith("BitPruning")]
+        minmax = [v for v in retrain if family(v) == "uniform, min-max" or family(v).startswith("BitPruning")]
         if minmax:
             raise SystemExit(f"--retrain {','.join(minmax)}: min-max-grid allocations (BitPruning, mm<b>) cannot "
                              "be retrained with calibrated ranges; retrain Bayesian Bits or uniform variants")

@@ -95,10 +95,8 @@ def apply_config(model: nn.Module, config: MixedPrecisionConfig | str, ranges: s
         iq = None
         if layer["input"] is not None:
             iq = _fixed_quantizer("input", layer["input"], None, ranges, name).to(device).train(m.training)
-        for q in (wq, iq):
-            if q is not None:
-                q.layer_name = name  # for error messages
+        adapter = get_adapter(m, name)
+        wrap_layer(m, wq, iq, name)
         if ranges == "data":  # weights calibrate now, as the uniform baselines' do (inputs on the first batch)
-            wq.init_range(get_adapter(m, name).weight(m))
-        wrap_layer(m, wq, iq)
+            wq.init_range(adapter.weight(m))
     return model

@@ -65,8 +65,14 @@ def quantized_class(cls: type, name: str = "") -> type:
     return _CLASSES[cls]
 
 
-def wrap_layer(module: nn.Module, weight_quantizer: QuantizerBase, input_quantizer: QuantizerBase | None) -> None:
-    """Turn ``module`` into its quantized class in place and attach the quantizers."""
+def wrap_layer(
+    module: nn.Module, weight_quantizer: QuantizerBase, input_quantizer: QuantizerBase | None, name: str = ""
+) -> None:
+    """Turn ``module`` into its quantized class in place and attach the quantizers; ``name`` (the layer's name in the
+    model) goes into the quantizers' error messages."""
+    for q in (weight_quantizer, input_quantizer):
+        if q is not None and name:
+            q.layer_name = name
     module.__class__ = quantized_class(type(module))
     module.weight_quantizer = weight_quantizer
     module.input_quantizer = input_quantizer

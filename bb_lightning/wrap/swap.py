@@ -140,13 +140,10 @@ def apply_plan(
         adapter = get_adapter(m, rec.name)
         wq: QuantizerBase = entry.quantizer(method_config, "weight", int(m.weight.shape[0]), rec.prune)
         wq.to(m.weight.device)
-        wq.layer_name = rec.name
+        wq.layer_name = rec.name  # before calibration, for its error messages
         wq.init_range(adapter.weight(m))
         iq = entry.quantizer(method_config, "input", None, False).to(m.weight.device) if rec.quantize_input else None
-        for q in (wq, iq):
-            if q is not None:
-                q.layer_name = rec.name  # for error messages
-        wrap_layer(m, wq, iq)
+        wrap_layer(m, wq, iq, rec.name)
         wrapped[rec.name] = m
     return wrapped
 
