@@ -65,12 +65,11 @@ def _variants(
     from bb_lightning import BayesianBits, BitPruning, QuantizationSearch
     from bb_lightning.cost.penalty import CostConfig
     from bb_lightning.methods.fixed_bits import FixedBitsConfig
-    from bb_lightning.plugin.schedule import DEFAULT_GROUP_LRS
 
     def fixed(bits: int) -> Callable[[], Any]:
         return lambda: QuantizationSearch(
             FixedBitsConfig(bits, bits), CostConfig(strength=0.0), fold_bn=fold_bn,
-            group_lrs={"ranges": range_lr or DEFAULT_GROUP_LRS["ranges"]},
+            group_lrs={} if range_lr is None else {"ranges": range_lr},  # unset: derived, as the methods' are
         )
 
     out: dict[str, Callable[[], Any]] = {"float": lambda: None}
@@ -343,7 +342,9 @@ def main() -> None:
     parser.add_argument("--fold-bn", default="none", choices=["none", "train", "static"],
                         help="BatchNorm folding of every quantized variant (the callbacks' fold_bn)")
     parser.add_argument("--range-lr", type=float, default=None,
-                        help="learning rate of every variant's ranges (default: the methods' 1e-3)")
+                        help="one learning rate for every variant's ranges, weights' and inputs' (default: each "
+                             "range group's max(1e-3, median calibrated range / optimizer steps), as the callbacks "
+                             "derive it; `rt-` variants: 1e-3)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/pareto", help="folder for results.jsonl and pareto.png")
     parser.add_argument("--report-only", action="store_true", help="only print the table and write the PNG")

@@ -90,3 +90,29 @@ def test_short_runs_start_within_reach_at_the_noise_limited_lr(steps, start):
     # the random walk of the contested phase: lr * sqrt(steps left) stays at most 1 (threshold -0.935 to cut-off -2)
     assert lr * math.sqrt((1 - TRAVEL_FRACTION) * steps) <= 1.0 + 1e-9
     assert start_within_reach(t, StepBudget(math.inf)) == 6.0
+
+
+def test_derived_range_lr_lets_the_median_range_travel_its_size_in_the_run():
+    from bb_lightning.plugin.search_defaults import derived_range_lr
+
+    # test_resnet's input ranges at the first step (15 epochs on 6,000 images: 705 steps)
+    scales = [3.26, 5.1, 6.75, 7.9, 8.42]
+    lr = derived_range_lr(scales, 705)
+    assert lr == pytest.approx(6.75 / 705)
+    assert lr * 705 == pytest.approx(sorted(scales)[2])  # Adam steps of ~lr cover the median range in the run
+    # long runs and small ranges keep the reference's rate
+    assert derived_range_lr([0.63, 0.34, 1.6], 4690) == 1e-3
+    assert derived_range_lr([0.46] * 9, 705) == 1e-3
+    # nothing calibrated, or no known length: the reference's rate
+    assert derived_range_lr([], 705) == 1e-3 and derived_range_lr([5.0], math.inf) == 1e-3
+
+
+def test_range_diagnosis_names_the_argument_and_the_rate_that_works():
+    from bb_lightning.plugin.search_defaults import diagnose_ranges
+
+    msg = diagnose_ranges("input_ranges", [7.0, 6.0, 8.0], 705, 1e-3, "range_lr")
+    assert msg is not None
+    assert "`range_lr=0.001`" in msg and "0.705" in msg and "median calibrated size is 7" in msg
+    assert "range_lr` >= 0.0099" in msg
+    assert diagnose_ranges("input_ranges", [7.0], 705, 1e-2, "range_lr") is None  # 7.05 >= 3.5
+    assert diagnose_ranges("input_ranges", [], 705, 1e-5, "range_lr") is None

@@ -23,6 +23,11 @@ from ..errors import NonFiniteError
 
 Role = Literal["weight", "input"]
 
+#: Optimizer group of each role's learned ranges. They differ in scale by one to two orders of magnitude (weights
+#: ~0.05-1, post-ReLU inputs ~1-10), and an Adam-type optimizer moves every parameter of a group by about its
+#: learning rate per step, so they need rates of their own (`bb_lightning.plugin.search_defaults.derived_range_lr`).
+RANGE_GROUPS: dict[str, str] = {"weight": "ranges", "input": "input_ranges"}
+
 
 class QuantizerBase(nn.Module):
     """Base class for quantizers.
@@ -186,8 +191,21 @@ class QuantizerBase(nn.Module):
         self.frozen = True
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by optimizer group name (``"gates"``, ``"ranges"``, ``"bits"``, ...)."""
-        return {"ranges": [self.x_max]} if self.learned_range else {}
+        """Parameters by optimizer group name (``"gates"``, ``"ranges"``, ``"input_ranges"``, ``"bits"``, ...)."""
+        return {self.range_group: [self.x_max]} if self.learned_range else {}
+
+    @property
+    def range_group(self) -> str:
+        """The optimizer group of this quantizer's learned range: ``"ranges"`` (weights) or ``"input_ranges"``."""
+        return RANGE_GROUPS[self.role]
+
+    def range_scale(self) -> float | None:
+        """Magnitude of the learned range (``max(|lo|, |hi|)``, tensor units) once calibrated, else ``None``; reads
+        the device (set-up only)."""
+        if not self._initialized or self.range_group not in self.parameter_groups():
+            return None
+        lo, hi = self.range()
+        return max(abs(lo), abs(hi))
 
     def extra_repr(self) -> str:
         return f"role={self.role}, channels={self.num_channels}, signed={self._signed}"

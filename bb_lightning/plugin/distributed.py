@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from ..errors import BBConfigError
+from ..methods.base import RANGE_GROUPS
 from .state import QuantizationState
 
 _REJECTED = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
@@ -58,7 +59,7 @@ def _is_ddp(trainer: pl.Trainer) -> bool:
 
 def _gate_params(state: QuantizationState) -> list[nn.Parameter]:
     groups = state.parameter_groups()
-    return [p for name, params in groups.items() if name != "ranges" for p in params]
+    return [p for name, params in groups.items() if name not in RANGE_GROUPS.values() for p in params]
 
 
 def keep_frozen_gates_in_graph(trainer: pl.Trainer, state: QuantizationState) -> None:

@@ -30,7 +30,7 @@ from .._registry import get_hook
 from ..errors import BBConfigError
 from ..export import MixedPrecisionConfig, apply_config
 from ..export.apply import RANGES
-from ..methods.base import QuantizerBase
+from ..methods.base import RANGE_GROUPS, QuantizerBase
 from ..wrap.bn_fold import unfold_bn_train
 from ..wrap.layers import unwrap_layer
 from . import param_groups
@@ -184,9 +184,9 @@ class FixedGateFinetune(pl.Callback):
         if trainer.ckpt_path is not None and self._layout is not None:
             groups = param_groups.resolve_layout(self._layout, pl_module)
         else:
-            groups = {"ranges": [
+            groups = {"ranges": [  # weight and input ranges alike: one rate, as in the reference's fine-tuning
                 p for m in pl_module.modules() if isinstance(m, QuantizerBase)
-                for p in m.parameter_groups().get("ranges", [])
+                for name, ps in m.parameter_groups().items() if name in RANGE_GROUPS.values() for p in ps
             ]}
         optimizer = param_groups.find_optimizer(trainer.optimizers, groups["ranges"], pl_module)
         if param_groups.add_groups(optimizer, groups, lambda name: self.range_lr):

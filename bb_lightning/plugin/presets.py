@@ -68,7 +68,10 @@ class BayesianBits(QuantizationSearch):
             the run's length so a gate can travel from its start to the decision point (``log_alpha = -0.935``) in
             the first quarter of the search steps, capped at the noise limit ``1 / sqrt(0.75 * search steps)``
             (`bb_lightning.plugin.search_defaults`). A value that cannot reach a decision in the run gets a warning.
-        range_lr: learning rate of the ``"ranges"`` group (default 1e-3).
+        range_lr: learning rate of the learned ranges, weights' (``"ranges"``) and inputs' (``"input_ranges"``);
+            unset: each group's ``max(1e-3, median calibrated range / optimizer steps)``, set before the first step
+            (`bb_lightning.plugin.search_defaults.derived_range_lr`). A value too small to move them in the run gets a
+            warning.
         strength: deprecated name of ``mu``.
         **kwargs: the shared arguments of `QuantizationSearch` (targets, schedule, export, ...).
 
@@ -106,6 +109,7 @@ class BayesianBits(QuantizationSearch):
             method.gate_inits, method.prune_init, prune, gate_cutoff, eval_log_alpha_threshold(eval_threshold)
         )
         self.search_travel = {} if travel is None else {"gates": travel}
+        self.range_lr_arg = "range_lr"
 
     def _on_new_state(self, trainer: Any, state: Any) -> None:
         """Warn about pruning gates a BatchNorm hides; with the default start, a derived gate LR and a short run, move
@@ -173,7 +177,9 @@ class BitPruning(QuantizationSearch):
         ema_momentum: momentum of the running min/max of input activations.
         learn_ranges: learn every range from its min-max start (straight-through gradients, the ``"ranges"`` group)
             instead of keeping min-max statistics (the paper's quantizer); better at 2-3 bits (spec R3).
-        range_lr: learning rate of the ``"ranges"`` group with ``learn_ranges`` (default 1e-3).
+        range_lr: learning rate of the learned ranges with ``learn_ranges`` (weights' ``"ranges"`` and inputs'
+            ``"input_ranges"``); unset: derived from the run's length and the calibrated ranges, as for
+            `BayesianBits`.
         bit_lr: learning rate of the ``"bits"`` group (shorthand for ``group_lrs["bits"]``); unset: derived from
             the run's length so a bitlength can travel from ``init_bits`` to ``min_bits`` in the first quarter of
             the search steps (`bb_lightning.plugin.search_defaults`; the spec suggests 1e-2 with Adam). A value that
@@ -215,6 +221,7 @@ class BitPruning(QuantizationSearch):
         group_lrs = _group_lrs(kwargs.pop("group_lrs", None), bits=bit_lr, ranges=range_lr)
         super().__init__(method, cost, group_lrs=group_lrs, **kwargs)
         self.search_travel = {"bits": bit_pruning_travel(method.init_bits, method.min_bits)}
+        self.range_lr_arg = "range_lr"
 
 
 __all__ = ["BayesianBits", "BitPruning"]

@@ -14,6 +14,7 @@ Timeline of a fit with ``max_epochs = E`` (``t`` = epoch + fraction of the epoch
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,13 +25,16 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from .._validate import epochs, int_at_least, lr_map
 from ..errors import BBConfigError
-from .search_defaults import StepBudget, Travel, default_finetune_epochs, derived_lr, diagnose
+from ..methods.base import RANGE_GROUPS
+from .search_defaults import (
+    StepBudget, Travel, default_finetune_epochs, derived_lr, derived_range_lr, diagnose, diagnose_ranges,
+)
 
-#: Learning rate of each quantizer parameter group unless the user sets one (with Adam; Bayesian Bits spec 3.8:
-#: gates and ranges 1e-3; BitPruning spec R2: bitlengths 1e-2).
-DEFAULT_GROUP_LRS: dict[str, float] = {"gates": 1e-3, "ranges": 1e-3, "bits": 1e-2}
-#: The group that keeps training in warm-up (ranges follow the data; bit widths wait).
-ALWAYS_TRAINED = "ranges"
+#: Learning rate of each quantizer parameter group unless the user sets one or the search derives one from the run
+#: (with Adam; Bayesian Bits spec 3.8: gates and ranges 1e-3; BitPruning spec R2: bitlengths 1e-2).
+DEFAULT_GROUP_LRS: dict[str, float] = {"gates": 1e-3, "ranges": 1e-3, "input_ranges": 1e-3, "bits": 1e-2}
+#: The groups that keep training in warm-up (ranges follow the data; bit widths wait).
+ALWAYS_TRAINED: frozenset[str] = frozenset(RANGE_GROUPS.values())
 #: A learning-rate scheduler with this attribute set to True sees and schedules the quantizer groups too (e.g. the
 #: reference's ImageNet recipe decays gates and ranges with the weights); other schedulers never see them
 #: (`bb_lightning.plugin.param_groups.shield_from_schedulers`).
@@ -43,12 +47,13 @@ class SearchSchedule:
 
     Args:
         warmup_epochs: epochs (may be fractional) at the initial bit widths: no penalty, and every group except
-            ``"ranges"`` has learning rate 0.
+            the ranges has learning rate 0.
         ramp_epochs: epochs over which the regulariser's multiplier rises linearly from 0 to 1.
         finetune_epochs: fix the bit widths for the last N epochs of ``fit`` and fine-tune weights and ranges;
             ``None``: ``round(0.2 * max_epochs)``, resolved when the fit starts (`resolve_finetune`).
-        group_lrs: learning rate per quantizer parameter group (``"gates"``, ``"ranges"``, ``"bits"``, ...);
-            a search group not given gets one derived from the run's length (`resolve_lr`), any other group
+        group_lrs: learning rate per quantizer parameter group (``"gates"``, ``"ranges"`` (weights),
+            ``"input_ranges"`` (follows ``"ranges"`` unless given), ``"bits"``, ...); a search group or range group
+            not given gets one derived from the run's length (`resolve_lr`, `resolve_range_lr`), any other group
             `DEFAULT_GROUP_LRS`.
     """
 
@@ -75,8 +80,9 @@ class SearchSchedule:
         Raises:
             BBConfigError: a group with neither a user-set nor a default learning rate.
         """
-        if group in self.group_lrs:
-            return self.group_lrs[group]
+        user = self.user_lr(group)
+        if user is not None:
+            return user
         if group in DEFAULT_GROUP_LRS:
             return DEFAULT_GROUP_LRS[group]
         known = sorted({*DEFAULT_GROUP_LRS, *self.group_lrs})
@@ -84,6 +90,33 @@ class SearchSchedule:
             f"Method `{method}` has a quantizer parameter group {group!r} without a learning rate; pass "
             f"`group_lrs={{{group!r}: ...}}` (known: {known})."
         )
+
+    def user_lr(self, group: str) -> float | None:
+        """The learning rate the user set for ``group``, else None; input ranges follow a user-set ``"ranges"``."""
+        if group in self.group_lrs:
+            return self.group_lrs[group]
+        if group == RANGE_GROUPS["input"]:
+            return self.group_lrs.get(RANGE_GROUPS["weight"])
+        return None
+
+    def resolve_range_lr(self, group: str, scales: list[float], total_steps: float, lr_arg: str) -> float | None:
+        """The learning rate of range group ``group`` once its ranges are calibrated (first optimizer step):
+        derived from the run's length and their sizes (`derived_range_lr`), or None if the user set one (with a
+        warning if it cannot move them far enough in this run)."""
+        user = self.user_lr(group)
+        if user is not None:
+            problem = diagnose_ranges(group, scales, total_steps, user, lr_arg)
+            if problem is not None:
+                warnings.warn(f"bb_lightning: {problem}", stacklevel=3)
+            return None
+        rate = derived_range_lr(scales, total_steps, DEFAULT_GROUP_LRS[group])
+        if rate != DEFAULT_GROUP_LRS[group]:
+            rank_zero_info(
+                f"bb_lightning: {group} learning rate {rate:.3g}, derived from the run's length ({total_steps:.0f} "
+                f"steps) and the calibrated ranges (median {statistics.median(scales):.3g}; set `{lr_arg}` to "
+                "override)."
+            )
+        return rate
 
     def resolve_finetune(self, max_epochs: int | None) -> None:
         """Set an automatic (``None``) fine-tuning tail from this fit's ``max_epochs``."""
@@ -136,7 +169,7 @@ class SearchSchedule:
 
     def group_lr(self, name: str, group: Mapping[str, Any], warm: bool) -> float:
         """The learning rate quantizer group ``name`` trains at: 0 for the bit widths in warm-up, else its own."""
-        if warm and name != ALWAYS_TRAINED:
+        if warm and name not in ALWAYS_TRAINED:
             return 0.0
         return float(group.get("initial_lr", self.lr(name)))
 

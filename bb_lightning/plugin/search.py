@@ -22,6 +22,7 @@ from ..config import WrapConfig
 from ..cost.facts import layer_costs, layer_metrics
 from ..errors import BBConfigError
 from ..export import MixedPrecisionConfig
+from ..methods.base import RANGE_GROUPS
 from ..wrap.swap import apply_plan, plan_layers
 from . import export_hook, param_groups
 from .distributed import check_strategy, drop_frozen_grads, keep_frozen_gates_in_graph
@@ -128,6 +129,9 @@ class QuantizationSearch(pl.Callback):
         self._layout: param_groups.Layout | None = None  # the quantizer groups of the current / resumed fit
         #: per search group (``"gates"``, ``"bits"``): how far its parameters travel to a decision (set by presets)
         self.search_travel: dict[str, Travel] = {}
+        #: the user's argument that sets a range group's learning rate, for messages (presets: ``range_lr``)
+        self.range_lr_arg = "group_lrs['{group}']"
+        self._ranges_pending = False  # range groups whose rates wait for calibrated ranges (first optimizer step)
 
     @property
     def state_key(self) -> str:
@@ -195,7 +199,25 @@ class QuantizationSearch(pl.Callback):
 
         if param_groups.add_groups(optimizer, groups, rate):
             self._layout = param_groups.layout_of(groups, pl_module)
+            self._ranges_pending = not resumed  # a resumed optimizer keeps the rates it had
         param_groups.shield_from_schedulers(trainer)
+
+    def _resolve_range_lrs(self, trainer: pl.Trainer, state: QuantizationState) -> None:
+        """Set each range group's learning rate from the run's length and the calibrated ranges (input ranges
+        calibrate at the first training forward, so this runs once, before the first optimizer step)."""
+        scales = state.range_scales()
+        total = float(trainer.estimated_stepping_batches)
+        for group in param_groups.tagged_groups(trainer.optimizers):
+            name = group[param_groups.GROUP_TAG]
+            if name not in RANGE_GROUPS.values():
+                continue
+            rate = self.schedule.resolve_range_lr(
+                name, scales.get(name, []), total, self.range_lr_arg.format(group=name)
+            )
+            if rate is not None and rate != group["initial_lr"]:
+                # rescale, so a scheduler that schedules these groups keeps its current factor
+                group["lr"] *= rate / group["initial_lr"]
+                group["initial_lr"] = rate
 
     def _freeze(self, trainer: pl.Trainer, state: QuantizationState) -> None:
         """Fix the bit widths and take the frozen parameters out of optimisation (no gradient, no optimizer state);
@@ -231,7 +253,11 @@ class QuantizationSearch(pl.Callback):
         self.state(pl_module).constrain_()  # project bit widths etc. back into their bounds after the step
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
-        drop_frozen_grads(self.state(pl_module))
+        state = self.state(pl_module)
+        if self._ranges_pending:
+            self._ranges_pending = False
+            self._resolve_range_lrs(trainer, state)
+        drop_frozen_grads(state)
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
         state = self.state(pl_module)

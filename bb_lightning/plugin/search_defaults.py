@@ -13,6 +13,12 @@ i.e. the regulariser alone can carry a parameter to its decision in the first ``
 leaving the rest for the task loss to push back where bits matter. With the reference's MNIST run (47 000 steps,
 gates from 6) this gives 5.9e-4 against the reference's hand-set 1e-3; with a 200-step run 0.14.
 
+Learned clipping ranges have no decision point but the same problem: an input range starts at the first batch's
+maximum (1-10 after a ReLU) and at 2-4 bits its useful value is a fraction of that, while Adam moves it by about
+``lr`` per step. At the reference's 1e-3 a 705-step run can move a range of 7 by 0.7 at most, and uniform w2a2 then
+stays at chance (most activations round to 0). `derived_range_lr` gives each range group (weights, inputs) a rate
+at which its median range can travel its own size in the run, never below the reference's rate.
+
 SGD moves a parameter by ``lr * gradient``, and these gradients are tiny and differ by orders of magnitude between
 layers, so no single learning rate is right for SGD: the diagnosis asks for an Adam-type optimizer on the quantizer
 groups instead (e.g. `bb_lightning.app.optim.SplitOptimizer`).
@@ -21,7 +27,8 @@ groups instead (e.g. `bb_lightning.app.optim.SplitOptimizer`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 #: share of the search phase in which the regulariser alone can carry a parameter to its decision point
@@ -102,6 +109,40 @@ def derived_lr(travel: Travel, schedule: StepBudget, fraction: float = TRAVEL_FR
     if not math.isfinite(steps) or travel.distance <= 0.0:
         return travel.reference_lr
     return travel.distance / (fraction * max(steps, 1.0))
+
+
+def derived_range_lr(scales: Sequence[float], total_steps: float, reference_lr: float = 1e-3) -> float:
+    """``max(reference_lr, median(scales) / total_steps)``: the learning rate of one group of learned ranges.
+
+    Args:
+        scales: the group's calibrated range magnitudes (``max(|lo|, |hi|)``, tensor units).
+        total_steps: the fit's optimizer steps (ranges train in every phase, warm-up and fine-tuning included).
+        reference_lr: the reference's rate (spec 3.8), kept for runs long enough not to need more (e.g. 10 epochs
+            of LeNet-5 on Fashion-MNIST: median input range 0.63 over 4,690 steps gives 1.4e-4, so 1e-3).
+
+    At this rate a range that the gradient keeps pushing one way can cover its own size in the run, i.e. half of
+    it (where 2-4-bit ranges end up) in the first half. E.g. ``test_resnet``, 705 steps, median input range 6.8:
+    9.6e-3; weight ranges there (median 0.46): 1e-3.
+    """
+    if not scales or not math.isfinite(total_steps) or total_steps <= 0:
+        return reference_lr
+    return max(reference_lr, statistics.median(scales) / total_steps)
+
+
+def diagnose_ranges(group: str, scales: Sequence[float], total_steps: float, lr: float, lr_arg: str) -> str | None:
+    """Why the ``group`` ranges cannot reach a useful value at an explicit ``lr`` in this run, or None: they can
+    move by at most ``lr * total_steps``, less than half their median calibrated size."""
+    if not scales or not math.isfinite(total_steps) or total_steps <= 0:
+        return None
+    size = statistics.median(scales)
+    if lr * total_steps >= 0.5 * size:
+        return None
+    return (
+        f"`{lr_arg}={lr:g}` moves a learned `{group}` range by at most {lr * total_steps:.3g} in the "
+        f"{total_steps:.0f} optimizer steps of this run, but their median calibrated size is {size:.3g}, and at low "
+        f"bit widths they must shrink to a fraction of it. Set `{lr_arg}` >= {size / total_steps:.2g}, or leave it "
+        "unset to derive it from the run's length, or train longer."
+    )
 
 
 def noise_limited_lr(schedule: StepBudget, fraction: float = TRAVEL_FRACTION, spread: float = 1.0) -> float:
@@ -189,5 +230,7 @@ __all__ = [
     "noise_limited_lr",
     "start_within_reach",
     "derived_lr",
+    "derived_range_lr",
     "diagnose",
+    "diagnose_ranges",
 ]

@@ -78,6 +78,15 @@ class QuantizationState:
                 groups.setdefault(name, []).extend(params)
         return groups
 
+    def range_scales(self) -> dict[str, list[float]]:
+        """Magnitudes of the calibrated learned ranges (tensor units) by optimizer group; reads the device."""
+        out: dict[str, list[float]] = {}
+        for q in self.quantizers():
+            scale = q.range_scale()
+            if scale is not None:
+                out.setdefault(q.range_group, []).append(scale)
+        return out
+
     def _make_regularizer(self, cost: Any) -> Regularizer:
         entry = get_method(self.method)
         if not isinstance(cost, entry.cost_config):

@@ -39,7 +39,7 @@ def test_fit_exports_config_and_groups(tmp_path):
     # quantizer params in their own groups: no weight decay, own lr, and not duplicated in the user's group
     opt = t.optimizers[0]
     tagged = {g["bb_lightning"]: g for g in opt.param_groups if "bb_lightning" in g}
-    assert set(tagged) == {"gates", "ranges"}
+    assert set(tagged) == {"gates", "ranges", "input_ranges"}  # weight and input ranges differ in scale
     assert tagged["gates"]["weight_decay"] == 0.0 and tagged["gates"]["lr"] == pytest.approx(1e-3)
     n_q = sum(len(g["params"]) for g in tagged.values())
     state = get_state(model)

@@ -39,8 +39,8 @@ def test_user_schedulers_leave_quantizer_lrs_alone(tmp_path, name):
     t = trainer(tmp_path, [BayesianBits(gate_lr=0.05, range_lr=0.02)], limit_train_batches=5)
     t.fit(model, datamodule=digits())
     lrs = {g.get("bb_lightning", "model"): g["lr"] for g in t.optimizers[0].param_groups}
-    assert lrs["gates"] == pytest.approx(0.05) and lrs["ranges"] == pytest.approx(0.02)
-    assert len(t.optimizers[0].param_groups) == 3
+    assert lrs["gates"] == pytest.approx(0.05) and lrs["ranges"] == lrs["input_ranges"] == pytest.approx(0.02)
+    assert len(t.optimizers[0].param_groups) == 4
 
 
 def test_finetune_epochs_needs_max_epochs(tmp_path):

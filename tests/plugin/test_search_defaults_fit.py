@@ -3,8 +3,10 @@ they cannot reach a decision."""
 
 from __future__ import annotations
 
+import statistics
 import warnings
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -94,3 +96,58 @@ def test_pruning_in_front_of_an_unfolded_batchnorm_gets_a_warning(tmp_path, fold
         )
     else:
         assert hidden == []
+
+
+def _size(q) -> float:
+    """A learned range's magnitude, read from its parameters (Bayesian Bits ``x_max``, BitPruning ``lo``/``hi``)."""
+    if hasattr(q, "x_max"):
+        return float(q.x_max)
+    return float(torch.maximum(q.lo.abs().max(), q.hi.abs().max()))
+
+
+class _RangeProbe(pl.Callback):
+    """Reads the calibrated ranges and the range groups' rates at the first optimizer step (after the search
+    callback set them, before the step moves the ranges)."""
+
+    def __init__(self) -> None:
+        self.seen: dict = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if trainer.global_step == 0:
+            qs = get_state(pl_module).quantizers()
+            self.seen["scales"] = {role: [_size(q) for q in qs if q.role == role] for role in ("weight", "input")}
+            self.seen["lrs"] = {g["bb_lightning"]: (g["lr"], g["initial_lr"])
+                                for g in optimizer.param_groups if g.get("bb_lightning")}
+
+
+def _derived(scales, steps):
+    return max(1e-3, statistics.median(scales) / steps)
+
+
+def test_default_range_lrs_follow_the_run_length_and_the_calibrated_ranges(tmp_path):
+    torch.manual_seed(0)
+    probe = _RangeProbe()
+    tr = trainer(tmp_path, [BayesianBits(mu=0.05), probe], max_epochs=2, limit_train_batches=5)
+    tr.fit(tiny_module(), datamodule=digits())
+    scales, lrs = probe.seen["scales"], probe.seen["lrs"]
+    want_in, want_w = _derived(scales["input"], 10), _derived(scales["weight"], 10)
+    assert want_in > 1e-2  # inputs at about 1-5, 10 steps: well above the reference's 1e-3
+    assert lrs["input_ranges"] == (pytest.approx(want_in), pytest.approx(want_in))
+    assert lrs["ranges"] == (pytest.approx(want_w), pytest.approx(want_w))
+    assert lrs["ranges"][0] < lrs["input_ranges"][0]  # each group at its own scale
+
+
+def test_explicit_range_lr_wins_for_both_range_groups_and_warns_when_too_small(tmp_path):
+    probe = _RangeProbe()
+    tr = trainer(tmp_path, [BayesianBits(mu=0.05, range_lr=1e-5), probe], max_epochs=1, limit_train_batches=4)
+    with pytest.warns(UserWarning, match=r"`range_lr=1e-05` moves a learned `input_ranges` range by at most 4e-05"):
+        tr.fit(tiny_module(), datamodule=digits())
+    assert probe.seen["lrs"]["input_ranges"][0] == probe.seen["lrs"]["ranges"][0] == pytest.approx(1e-5)
+
+
+def test_bit_pruning_learned_input_ranges_get_a_derived_rate(tmp_path):
+    probe = _RangeProbe()
+    tr = trainer(tmp_path, [BitPruning(learn_ranges=True), probe], max_epochs=1, limit_train_batches=4)
+    tr.fit(tiny_module(), datamodule=digits())
+    want = _derived(probe.seen["scales"]["input"], 4)
+    assert want > 1e-2 and probe.seen["lrs"]["input_ranges"][0] == pytest.approx(want)

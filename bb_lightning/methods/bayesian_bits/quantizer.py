@@ -259,4 +259,4 @@ class BayesianBitsQuantizer(QuantizerBase):
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         gates = [self.log_alpha] + ([self.prune_log_alpha] if self.prune_log_alpha is not None else [])
-        return {"gates": gates, "ranges": [self.x_max]}
+        return {"gates": gates, self.range_group: [self.x_max]}

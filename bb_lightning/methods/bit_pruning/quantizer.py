@@ -118,7 +118,7 @@ class BitPruningQuantizer(QuantizerBase):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         groups = {"bits": [self.bitlength]}  # frozen (requires_grad=False) bitlengths are left out by the callback
         if self.learns_ranges:
-            groups["ranges"] = [self.lo, self.hi]
+            groups[self.range_group] = [self.lo, self.hi]
         return groups
 
     def log_details(self) -> dict[str, Tensor]:
