@@ -343,8 +343,8 @@ def main() -> None:
                         help="BatchNorm folding of every quantized variant (the callbacks' fold_bn)")
     parser.add_argument("--range-lr", type=float, default=None,
                         help="one learning rate for every variant's ranges, weights' and inputs' (default: each "
-                             "range group's max(1e-3, median calibrated range / optimizer steps), as the callbacks "
-                             "derive it; `rt-` variants: 1e-3)")
+                             "range group's max(1e-3, median calibrated range / (0.25 * optimizer steps)), as the "
+                             "callbacks derive it; `rt-` variants: 1e-3)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/pareto", help="folder for results.jsonl and pareto.png")
     parser.add_argument("--report-only", action="store_true", help="only print the table and write the PNG")
@@ -411,7 +411,7 @@ def main() -> None:
     subset = f", {r0['train_subset']} training images" if r0["train_subset"] else ""
     header = (f"{r0['model']}, Fashion-MNIST{subset}, {r0['epochs']} epochs ({r0['steps']} steps), Adam 1e-3 cosine, "
               f"fold_bn={r0.get('fold_bn', 'none')}"
-              + (f", range lr {r0['range_lr']:g}" if r0.get("range_lr") else ""))
+              + (f", range lr {r0['range_lr']:g}" if r0.get("range_lr") else ", range lrs derived"))
     aggs = aggregate(rows)
     print(table(aggs, header))
     plot(aggs, out / "pareto.png", header)

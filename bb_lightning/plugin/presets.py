@@ -69,9 +69,9 @@ class BayesianBits(QuantizationSearch):
             the first quarter of the search steps, capped at the noise limit ``1 / sqrt(0.75 * search steps)``
             (`bb_lightning.plugin.search_defaults`). A value that cannot reach a decision in the run gets a warning.
         range_lr: learning rate of the learned ranges, weights' (``"ranges"``) and inputs' (``"input_ranges"``);
-            unset: each group's ``max(1e-3, median calibrated range / optimizer steps)``, set before the first step
-            (`bb_lightning.plugin.search_defaults.derived_range_lr`). A value too small to move them in the run gets a
-            warning.
+            unset: each group's ``max(1e-3, median calibrated range / (0.25 * optimizer steps))``, set before the
+            first step (`bb_lightning.plugin.search_defaults.derived_range_lr`). A value too small to move them in
+            the run gets a warning.
         strength: deprecated name of ``mu``.
         **kwargs: the shared arguments of `QuantizationSearch` (targets, schedule, export, ...).
 

@@ -121,7 +121,7 @@ class _RangeProbe(pl.Callback):
 
 
 def _derived(scales, steps):
-    return max(1e-3, statistics.median(scales) / steps)
+    return max(1e-3, statistics.median(scales) / (0.25 * steps))
 
 
 def test_default_range_lrs_follow_the_run_length_and_the_calibrated_ranges(tmp_path):
