@@ -151,3 +151,20 @@ def test_bit_pruning_learned_input_ranges_get_a_derived_rate(tmp_path):
     tr.fit(tiny_module(), datamodule=digits())
     want = _derived(probe.seen["scales"]["input"], 4)
     assert want > 1e-2 and probe.seen["lrs"]["input_ranges"][0] == pytest.approx(want)
+
+
+def test_resume_keeps_the_derived_range_rates(tmp_path):
+    """A resumed fit keeps the rates of the checkpoint's optimizer instead of deriving them from moved ranges."""
+    torch.manual_seed(0)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = trainer(tmp_path / "a", [BayesianBits(mu=0.05), ckpt], max_epochs=2, limit_train_batches=4,
+                    enable_checkpointing=True)
+    first.fit(tiny_module(), datamodule=digits())
+    rates = {g["bb_lightning"]: g["lr"] for g in first.optimizers[0].param_groups if g.get("bb_lightning")}
+    assert rates["input_ranges"] > 1e-2
+    probe = _RangeProbe()
+    again = trainer(tmp_path / "b", [BayesianBits(mu=0.05), probe], max_epochs=3, limit_train_batches=4)
+    again.fit(tiny_module(), datamodule=digits(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    resumed = {g["bb_lightning"]: g["lr"] for g in again.optimizers[0].param_groups if g.get("bb_lightning")}
+    assert resumed["input_ranges"] == pytest.approx(rates["input_ranges"])
+    assert resumed["ranges"] == pytest.approx(rates["ranges"])
