@@ -125,9 +125,9 @@ def derived_range_lr(
             of LeNet-5 on Fashion-MNIST: median input range 0.63 over 4,690 steps gives 5.4e-4, so 1e-3).
         fraction: share of the run in which a range pushed one way all along could cover its own size.
 
-    Adam steps a noisy range by well under ``lr``, so the margin matters: on ``test_resnet`` (705 steps, median
-    ranges 0.46 for weights and 6.8 for inputs) uniform w2a2 reached 58.9% with the ranges able to travel their
-    size in the whole run (1e-3, 9.6e-3) and 81.1% with the first quarter (2.6e-3, 0.038), same seed.
+    Adam steps a noisy range by well under ``lr``, so the margin matters. On ``test_resnet`` (705 steps; median
+    ranges 0.34 for weights, 6.7 for inputs, so 1.9e-3 and 0.038) uniform w2a2 gives 66.34 +- 20.97% over seeds
+    0-2 (32.43 +- 30.49% at 1e-3; docs/bayesian_bits.md has the rates in between).
     """
     if not scales or not math.isfinite(total_steps) or total_steps <= 0:
         return reference_lr
