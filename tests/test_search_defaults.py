@@ -105,6 +105,9 @@ def test_derived_range_lr_lets_the_median_range_travel_its_size_in_the_run():
     assert derived_range_lr([0.63, 0.34, 1.6], 4690) == 1e-3
     assert derived_range_lr([0.46] * 9, 705) == pytest.approx(0.46 / 176.25)
     assert derived_range_lr([0.1] * 9, 705) == 1e-3
+    # very short runs: at most 5% of the median range per step, so one Adam step cannot push the ranges to 0
+    assert derived_range_lr([4.0, 6.0], 4) == pytest.approx(0.05 * 5.0)
+    assert derived_range_lr([4.0, 6.0], 80) == pytest.approx(5.0 / 20)  # where the cap starts to bind
     # nothing calibrated, or no known length: the reference's rate
     assert derived_range_lr([], 705) == 1e-3 and derived_range_lr([5.0], math.inf) == 1e-3
 

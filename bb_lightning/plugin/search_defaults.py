@@ -36,6 +36,9 @@ from dataclasses import dataclass
 TRAVEL_FRACTION = 0.25
 #: share of ``max_epochs`` spent fine-tuning with fixed bit widths when ``finetune_epochs=None``
 FINETUNE_SHARE = 0.2
+#: the largest derived range learning rate, as a share of the group's median range (one Adam step moves a range by
+#: about its rate): a 4-step run must not push its ranges to 0 in one step
+MAX_RANGE_STEP = 0.05
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,8 @@ def derived_lr(travel: Travel, schedule: StepBudget, fraction: float = TRAVEL_FR
 def derived_range_lr(
     scales: Sequence[float], total_steps: float, reference_lr: float = 1e-3, fraction: float = TRAVEL_FRACTION
 ) -> float:
-    """``max(reference_lr, median(scales) / (fraction * total_steps))``: the learning rate of one group of learned
-    ranges.
+    """``max(reference_lr, min(median / (fraction * total_steps), MAX_RANGE_STEP * median))``, with ``median`` the
+    median of ``scales``: the learning rate of one group of learned ranges.
 
     Args:
         scales: the group's calibrated range magnitudes (``max(|lo|, |hi|)``, tensor units).
@@ -125,13 +128,16 @@ def derived_range_lr(
             of LeNet-5 on Fashion-MNIST: median input range 0.63 over 4,690 steps gives 5.4e-4, so 1e-3).
         fraction: share of the run in which a range pushed one way all along could cover its own size.
 
+    The cap (5% of the median range per step) binds only for runs under 80 steps.
+
     Adam steps a noisy range by well under ``lr``, so the margin matters. On ``test_resnet`` (705 steps; median
     ranges 0.34 for weights, 6.7 for inputs, so 1.9e-3 and 0.038) uniform w2a2 gives 66.34 +- 20.97% over seeds
     0-2 (32.43 +- 30.49% at 1e-3; docs/bayesian_bits.md has the rates in between).
     """
     if not scales or not math.isfinite(total_steps) or total_steps <= 0:
         return reference_lr
-    return max(reference_lr, statistics.median(scales) / (fraction * total_steps))
+    median = statistics.median(scales)
+    return max(reference_lr, min(median / (fraction * total_steps), MAX_RANGE_STEP * median))
 
 
 def diagnose_ranges(group: str, scales: Sequence[float], total_steps: float, lr: float, lr_arg: str) -> str | None:
@@ -227,6 +233,7 @@ def bit_pruning_travel(init_bits: float, min_bits: float, reference_lr: float = 
 
 __all__ = [
     "FINETUNE_SHARE",
+    "MAX_RANGE_STEP",
     "TRAVEL_FRACTION",
     "StepBudget",
     "Travel",

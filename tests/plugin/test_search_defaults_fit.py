@@ -121,7 +121,8 @@ class _RangeProbe(pl.Callback):
 
 
 def _derived(scales, steps):
-    return max(1e-3, statistics.median(scales) / (0.25 * steps))
+    median = statistics.median(scales)
+    return max(1e-3, min(median / (0.25 * steps), 0.05 * median))
 
 
 def test_default_range_lrs_follow_the_run_length_and_the_calibrated_ranges(tmp_path):
