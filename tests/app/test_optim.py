@@ -100,6 +100,26 @@ def test_fit_sgd_weights_adam_gates_and_schedules(tmp_path, schedule_q):
 
 
 @pytest.mark.lightning_fit
+@pytest.mark.parametrize("schedule_q", [False, True])
+def test_derived_range_rates_reach_the_adam_half_and_its_schedule(tmp_path, schedule_q):
+    """The range rates the callback derives at the first step land in `SplitOptimizer`'s Adam groups, and a
+    scheduler that schedules the quantizer groups scales the derived rate, not the provisional 1e-3."""
+    model = tiny_module(
+        optimizer="sgd", lr=0.1, lr_schedule="multistep", lr_milestones=[1], lr_gamma=0.5,
+        schedule_quantizer_lr=schedule_q,
+    )  # fmt: skip
+    t = trainer(tmp_path, [BayesianBits(gate_lr=0.02)], max_epochs=2, limit_train_batches=2)
+    t.fit(model, datamodule=digits())
+    (opt,) = t.optimizers
+    adam = {g["bb_lightning"]: g for g in opt.optimizers[1].param_groups if g.get("bb_lightning")}
+    f = 0.5 if schedule_q else 1.0
+    for name in ("ranges", "input_ranges"):
+        assert adam[name]["initial_lr"] > 1e-3  # 4 steps: derived (capped at 5% of the median range per step)
+        assert adam[name]["lr"] == pytest.approx(adam[name]["initial_lr"] * f)
+    assert adam["input_ranges"]["initial_lr"] > adam["ranges"]["initial_lr"]
+
+
+@pytest.mark.lightning_fit
 def test_resume_restores_split_optimizer_and_schedule(tmp_path):
     """Checkpoints hold plain data only (``torch.load(weights_only=True)``, Lightning's default) and resume the
     Adam state of the gate groups and the schedule position."""
