@@ -18,6 +18,8 @@ scales a channel that the batch statistics normalise again, so the task loss can
   tail derived from the run's length);
 * ``bbe-<mu>``: ``BayesianBits(mu=mu, regularizer="expected_bops")``: ``mu`` times the expected relative BOPs in
   percent (the product of weight and input bits) instead of the paper's additive penalty;
+* ``bbq-<mu>``: ``BayesianBits(mu=mu, prune=False)``: quantization only, no 0-bit (pruning) gates (the reference
+  code's ablation without ``--include-pruning``, Bayesian Bits spec 5.6); it cannot go below w2a2's BOPs;
 * ``bp-<lambda>``: ``BitPruning(strength=lambda)``, likewise;
 * ``bp1-<lambda>``: ``BitPruning(strength=lambda, min_bits=1)``: bitlengths may go down to 1 (the spec's range is
   1 ... n_max; the default floor is 2), the only way BitPruning, which prunes no channels, can go below w2a2;
@@ -26,6 +28,9 @@ scales a channel that the batch statistics normalise again, so the task loss can
   ``min_bits=1``;
 * ``mm<b>`` (diagnostic, ``--minmax-bits``): every site fixed at ``b`` bits on BitPruning's min-max grid
   (``BitPruning(strength=0, init_bits=b, min_bits=b, max_bits=b)``), i.e. the uniform baseline without learned ranges;
+* ``mmr<b>`` (diagnostic, ``--minmax-learned-bits``): the same with ``learn_ranges=True``, i.e. the uniform baseline
+  with BitPruning's learned-range quantizer (``lo``/``hi`` on an affine grid) in place of ``fixed_bits``' (one
+  symmetric or unsigned ``x_max``);
 * ``rt-<variant>`` (diagnostic, ``--retrain``): the allocation (bit widths, pruned channels) that the stored run of
   ``<variant>`` with the same seed exported, trained from scratch as a fixed network with the uniform baselines'
   quantizer and range learning rate (``FixedGateFinetune(config=..., ranges="data", range_lr=1e-3)``). It separates
@@ -61,6 +66,7 @@ def _variants(
     bb_strengths: list[float], bp_strengths: list[float], fold_bn: str = "none", bbe_strengths: tuple[float, ...] = (),
     bp1_strengths: tuple[float, ...] = (), minmax_bits: tuple[int, ...] = (), bpr_strengths: tuple[float, ...] = (),
     bpr1_strengths: tuple[float, ...] = (), range_lr: float | None = None,
+    minmax_learned_bits: tuple[int, ...] = (), bbq_strengths: tuple[float, ...] = (),
 ) -> dict[str, Callable[[], Any]]:
     from bb_lightning import BayesianBits, BitPruning, QuantizationSearch
     from bb_lightning.cost.penalty import CostConfig
@@ -78,6 +84,7 @@ def _variants(
     out.update({f"bb-{mu:g}": (lambda mu=mu: BayesianBits(mu=mu, **kw)) for mu in bb_strengths})
     out.update({f"bbe-{mu:g}": (lambda mu=mu: BayesianBits(mu=mu, regularizer="expected_bops", **kw))
                 for mu in bbe_strengths})
+    out.update({f"bbq-{mu:g}": (lambda mu=mu: BayesianBits(mu=mu, prune=False, **kw)) for mu in bbq_strengths})
     out.update({f"bp-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, **kw)) for lam in bp_strengths})
     out.update({f"bp1-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, min_bits=1.0, **kw))
                 for lam in bp1_strengths})
@@ -87,19 +94,22 @@ def _variants(
                 for lam in bpr1_strengths})
     out.update({f"mm{b}": (lambda b=b: BitPruning(strength=0.0, init_bits=b, min_bits=b, max_bits=b, **kw))
                 for b in minmax_bits})
+    out.update({f"mmr{b}": (lambda b=b: BitPruning(strength=0.0, init_bits=b, min_bits=b, max_bits=b,
+                                                   learn_ranges=True, **kw))
+                for b in minmax_learned_bits})
     return out
 
 
 #: variant name prefix -> family (longest prefixes first, so "bpr1-" wins over "bpr-" and "bp")
 FAMILIES = (
-    ("bbe-", "Bayesian Bits, E[BOPs]"), ("bb-", "Bayesian Bits"), ("bpr1-", "BitPruning, learned ranges, min 1 bit"),
+    ("bbe-", "Bayesian Bits, E[BOPs]"), ("bbq-", "Bayesian Bits, quantization only"), ("bb-", "Bayesian Bits"), ("bpr1-", "BitPruning, learned ranges, min 1 bit"),
     ("bpr-", "BitPruning, learned ranges"), ("bp1-", "BitPruning, min 1 bit"), ("bp-", "BitPruning"),
-    ("mm", "uniform, min-max"), ("rt-", "retrained allocation"),
+    ("mmr", "uniform, min-max, learned ranges"), ("mm", "uniform, min-max"), ("rt-", "retrained allocation"),
 )
 
 
 #: the searched families, in table order
-LEARNED = ("Bayesian Bits", "Bayesian Bits, E[BOPs]", "BitPruning", "BitPruning, min 1 bit",
+LEARNED = ("Bayesian Bits", "Bayesian Bits, E[BOPs]", "Bayesian Bits, quantization only", "BitPruning", "BitPruning, min 1 bit",
            "BitPruning, learned ranges", "BitPruning, learned ranges, min 1 bit")
 
 
@@ -229,7 +239,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "wbits": statistics.mean(r["wbits"] for r in rs), "abits": statistics.mean(r["abits"] for r in rs),
             "seeds": sorted(r["seed"] for r in rs),
         })
-    order = {fam: i for i, fam in enumerate(("float", "uniform", "uniform, min-max", *LEARNED, "retrained allocation"))}
+    order = {fam: i for i, fam in enumerate(("float", "uniform", "uniform, min-max", "uniform, min-max, learned ranges", *LEARNED, "retrained allocation"))}
     return sorted(out, key=lambda a: (order[a["family"]], -a["rbops"]))
 
 
@@ -284,9 +294,10 @@ def plot(aggs: list[dict[str, Any]], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
     styles = {"uniform": ("tab:gray", "s"), "Bayesian Bits": ("tab:blue", "o"),
-              "Bayesian Bits, E[BOPs]": ("tab:green", "D"), "BitPruning": ("tab:orange", "^"),
+              "Bayesian Bits, E[BOPs]": ("tab:green", "D"), "Bayesian Bits, quantization only": ("navy", "h"), "BitPruning": ("tab:orange", "^"),
               "BitPruning, min 1 bit": ("tab:red", "v"), "BitPruning, learned ranges": ("tab:purple", "P"),
               "BitPruning, learned ranges, min 1 bit": ("tab:pink", "X"), "uniform, min-max": ("tab:brown", "x"),
+              "uniform, min-max, learned ranges": ("tab:cyan", "x"),
               "retrained allocation": ("tab:olive", "*")}
     for fam, (color, marker) in styles.items():
         pts = [a for a in aggs if a["family"] == fam]
@@ -329,12 +340,15 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated")
     parser.add_argument("--bb-strengths", default="0.003,0.01,0.03,0.1")
     parser.add_argument("--bbe-strengths", default="", help="mu of Bayesian Bits with regularizer='expected_bops'")
+    parser.add_argument("--bbq-strengths", default="", help="mu of Bayesian Bits with prune=False")
     parser.add_argument("--bp-strengths", default="0.03,0.1,0.3,1")
     parser.add_argument("--bp1-strengths", default="", help="lambda of BitPruning with min_bits=1")
     parser.add_argument("--bpr-strengths", default="", help="lambda of BitPruning with learn_ranges=True")
     parser.add_argument("--bpr1-strengths", default="", help="lambda of BitPruning, learn_ranges=True, min_bits=1")
     parser.add_argument("--minmax-bits", default="",
                         help="widths of the diagnostic `mm<b>`: every site at b bits on BitPruning's min-max grid")
+    parser.add_argument("--minmax-learned-bits", default="",
+                        help="widths of the diagnostic `mmr<b>`: `mm<b>` with BitPruning's learned ranges")
     parser.add_argument("--retrain", default="",
                         help="comma-separated stored variants whose exported allocation `rt-<variant>` trains from "
                              "scratch (same seed; diagnostic)")
@@ -367,7 +381,9 @@ def main() -> None:
                              tuple(float(v) for v in args.bp1_strengths.split(",") if v),
                              tuple(int(v) for v in args.minmax_bits.split(",") if v),
                              tuple(float(v) for v in args.bpr_strengths.split(",") if v),
-                             tuple(float(v) for v in args.bpr1_strengths.split(",") if v), args.range_lr)
+                             tuple(float(v) for v in args.bpr1_strengths.split(",") if v), args.range_lr,
+                             tuple(int(v) for v in args.minmax_learned_bits.split(",") if v),
+                             tuple(float(v) for v in args.bbq_strengths.split(",") if v))
         retrain = [v for v in args.retrain.split(",") if v]
         variants.update({f"rt-{v}": (lambda: None) for v in retrain})
         names = [n for n in args.only.split(",") if n] or list(variants)
@@ -375,7 +391,7 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"unknown variants {unknown}; known: {sorted(variants)}")
         names.sort(key=lambda n: n.startswith("rt-"))  # sources first, so that an `rt-` variant can retrain them
-        minmax = [v for v in retrain if family(v) == "uniform, min-max" or family(v).startswith("BitPruning")]
+        minmax = [v for v in retrain if family(v).startswith(("uniform, min-max", "BitPruning"))]
         if minmax:
             raise SystemExit(f"--retrain {','.join(minmax)}: min-max-grid allocations (BitPruning, mm<b>) cannot "
                              "be retrained with calibrated ranges; retrain Bayesian Bits or uniform variants")
