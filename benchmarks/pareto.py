@@ -26,6 +26,8 @@ scales a channel that the batch statistics normalise again, so the task loss can
 * ``bpr-<lambda>``: ``BitPruning(strength=lambda, learn_ranges=True)``: ranges learned from their min-max start, as
   the uniform baselines' are, instead of the paper's min-max statistics (spec R3); ``bpr1-<lambda>`` adds
   ``min_bits=1``;
+* ``bprs-<lambda>``: ``BitPruning(strength=lambda, learn_ranges=True, weight_grid="symmetric")``: learned ranges, and
+  the weights on the symmetric grid with 0 as a level (Bayesian Bits' and the uniform baselines' weight grid);
 * ``mm<b>`` (diagnostic, ``--minmax-bits``): every site fixed at ``b`` bits on BitPruning's min-max grid
   (``BitPruning(strength=0, init_bits=b, min_bits=b, max_bits=b)``), i.e. the uniform baseline without learned ranges;
 * ``mmr<b>`` (diagnostic, ``--minmax-learned-bits``): the same with ``learn_ranges=True``, i.e. the uniform baseline
@@ -67,6 +69,7 @@ def _variants(
     bp1_strengths: tuple[float, ...] = (), minmax_bits: tuple[int, ...] = (), bpr_strengths: tuple[float, ...] = (),
     bpr1_strengths: tuple[float, ...] = (), range_lr: float | None = None,
     minmax_learned_bits: tuple[int, ...] = (), bbq_strengths: tuple[float, ...] = (),
+    bprs_strengths: tuple[float, ...] = (),
 ) -> dict[str, Callable[[], Any]]:
     from bb_lightning import BayesianBits, BitPruning, QuantizationSearch
     from bb_lightning.cost.penalty import CostConfig
@@ -90,6 +93,9 @@ def _variants(
                 for lam in bp1_strengths})
     out.update({f"bpr-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, learn_ranges=True, **kw))
                 for lam in bpr_strengths})
+    out.update({f"bprs-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, learn_ranges=True, weight_grid="symmetric",
+                                                            **kw))
+                for lam in bprs_strengths})
     out.update({f"bpr1-{lam:g}": (lambda lam=lam: BitPruning(strength=lam, learn_ranges=True, min_bits=1.0, **kw))
                 for lam in bpr1_strengths})
     out.update({f"mm{b}": (lambda b=b: BitPruning(strength=0.0, init_bits=b, min_bits=b, max_bits=b, **kw))
@@ -102,15 +108,17 @@ def _variants(
 
 #: variant name prefix -> family (longest prefixes first, so "bpr1-" wins over "bpr-" and "bp")
 FAMILIES = (
-    ("bbe-", "Bayesian Bits, E[BOPs]"), ("bbq-", "Bayesian Bits, quantization only"), ("bb-", "Bayesian Bits"), ("bpr1-", "BitPruning, learned ranges, min 1 bit"),
+    ("bbe-", "Bayesian Bits, E[BOPs]"), ("bbq-", "Bayesian Bits, quantization only"), ("bb-", "Bayesian Bits"),
+    ("bpr1-", "BitPruning, learned ranges, min 1 bit"), ("bprs-", "BitPruning, learned ranges, symmetric weights"),
     ("bpr-", "BitPruning, learned ranges"), ("bp1-", "BitPruning, min 1 bit"), ("bp-", "BitPruning"),
     ("mmr", "uniform, min-max, learned ranges"), ("mm", "uniform, min-max"), ("rt-", "retrained allocation"),
 )
 
 
 #: the searched families, in table order
-LEARNED = ("Bayesian Bits", "Bayesian Bits, E[BOPs]", "Bayesian Bits, quantization only", "BitPruning", "BitPruning, min 1 bit",
-           "BitPruning, learned ranges", "BitPruning, learned ranges, min 1 bit")
+LEARNED = ("Bayesian Bits", "Bayesian Bits, E[BOPs]", "Bayesian Bits, quantization only", "BitPruning",
+           "BitPruning, min 1 bit", "BitPruning, learned ranges", "BitPruning, learned ranges, symmetric weights",
+           "BitPruning, learned ranges, min 1 bit")
 
 
 def family(name: str) -> str:
@@ -239,7 +247,9 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "wbits": statistics.mean(r["wbits"] for r in rs), "abits": statistics.mean(r["abits"] for r in rs),
             "seeds": sorted(r["seed"] for r in rs),
         })
-    order = {fam: i for i, fam in enumerate(("float", "uniform", "uniform, min-max", "uniform, min-max, learned ranges", *LEARNED, "retrained allocation"))}
+    families = ("float", "uniform", "uniform, min-max", "uniform, min-max, learned ranges", *LEARNED,
+                "retrained allocation")
+    order = {fam: i for i, fam in enumerate(families)}
     return sorted(out, key=lambda a: (order[a["family"]], -a["rbops"]))
 
 
@@ -294,9 +304,12 @@ def plot(aggs: list[dict[str, Any]], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
     styles = {"uniform": ("tab:gray", "s"), "Bayesian Bits": ("tab:blue", "o"),
-              "Bayesian Bits, E[BOPs]": ("tab:green", "D"), "Bayesian Bits, quantization only": ("navy", "h"), "BitPruning": ("tab:orange", "^"),
+              "Bayesian Bits, E[BOPs]": ("tab:green", "D"), "Bayesian Bits, quantization only": ("navy", "h"),
+              "BitPruning": ("tab:orange", "^"),
               "BitPruning, min 1 bit": ("tab:red", "v"), "BitPruning, learned ranges": ("tab:purple", "P"),
-              "BitPruning, learned ranges, min 1 bit": ("tab:pink", "X"), "uniform, min-max": ("tab:brown", "x"),
+              "BitPruning, learned ranges, min 1 bit": ("tab:pink", "X"),
+              "BitPruning, learned ranges, symmetric weights": ("darkorange", "P"),
+              "uniform, min-max": ("tab:brown", "x"),
               "uniform, min-max, learned ranges": ("tab:cyan", "x"),
               "retrained allocation": ("tab:olive", "*")}
     for fam, (color, marker) in styles.items():
@@ -344,6 +357,8 @@ def main() -> None:
     parser.add_argument("--bp-strengths", default="0.03,0.1,0.3,1")
     parser.add_argument("--bp1-strengths", default="", help="lambda of BitPruning with min_bits=1")
     parser.add_argument("--bpr-strengths", default="", help="lambda of BitPruning with learn_ranges=True")
+    parser.add_argument("--bprs-strengths", default="",
+                        help="lambda of BitPruning, learn_ranges=True, weight_grid='symmetric'")
     parser.add_argument("--bpr1-strengths", default="", help="lambda of BitPruning, learn_ranges=True, min_bits=1")
     parser.add_argument("--minmax-bits", default="",
                         help="widths of the diagnostic `mm<b>`: every site at b bits on BitPruning's min-max grid")
@@ -383,7 +398,8 @@ def main() -> None:
                              tuple(float(v) for v in args.bpr_strengths.split(",") if v),
                              tuple(float(v) for v in args.bpr1_strengths.split(",") if v), args.range_lr,
                              tuple(int(v) for v in args.minmax_learned_bits.split(",") if v),
-                             tuple(float(v) for v in args.bbq_strengths.split(",") if v))
+                             tuple(float(v) for v in args.bbq_strengths.split(",") if v),
+                             tuple(float(v) for v in args.bprs_strengths.split(",") if v))
         retrain = [v for v in args.retrain.split(",") if v]
         variants.update({f"rt-{v}": (lambda: None) for v in retrain})
         names = [n for n in args.only.split(",") if n] or list(variants)

@@ -180,6 +180,9 @@ class BitPruning(QuantizationSearch):
         range_lr: learning rate of the learned ranges with ``learn_ranges`` (weights' ``"ranges"`` and inputs'
             ``"input_ranges"``); unset: derived from the run's length and the calibrated ranges, as for
             `BayesianBits`.
+        weight_grid: ``"minmax"`` (the paper's affine grid, ``2^b`` levels from ``min(w)`` to ``max(w)``) or
+            ``"symmetric"`` (``[-u, u]`` with 0 as a level, as Bayesian Bits' grid; per-tensor bitlengths,
+            ``min_bits >= 2``). With ``learn_ranges`` the symmetric grid is the better one at 2-4 bits.
         bit_lr: learning rate of the ``"bits"`` group (shorthand for ``group_lrs["bits"]``); unset: derived from
             the run's length so a bitlength can travel from ``init_bits`` to ``min_bits`` in the first quarter of
             the search steps (`bb_lightning.plugin.search_defaults`; the spec suggests 1e-2 with Adam). A value that
@@ -208,12 +211,13 @@ class BitPruning(QuantizationSearch):
         learn_ranges: bool = False,
         range_lr: float | None = None,
         bit_lr: float | None = None,
+        weight_grid: str = "minmax",
         **kwargs: Any,
     ) -> None:
         method = BitPruningConfig(
             init_bits=init_bits, min_bits=min_bits, max_bits=max_bits, weight_granularity=weight_granularity,
             group_size=group_size, rounding=rounding, rounding_eps=rounding_eps, ema_momentum=ema_momentum,
-            learn_ranges=learn_ranges,
+            learn_ranges=learn_ranges, weight_grid=weight_grid,
         )
         cost = BitCostConfig(
             kind=regularizer, strength=strength, target=target, budget_mode=budget_mode, dual_lr=dual_lr

@@ -1,5 +1,6 @@
 """Export straight from searched models (the search callbacks' end-of-fit case): Bayesian Bits with training-time or
-static BatchNorm folding and random gates, BitPruning with per-group bitlengths on min-max grids."""
+static BatchNorm folding and random gates, BitPruning with per-group bitlengths on min-max grids and with learned
+symmetric weight grids."""
 
 from __future__ import annotations
 
@@ -32,16 +33,22 @@ def cnn() -> nn.Sequential:
 
 
 @pytest.mark.parametrize(
-    "method,fold", [("bayesian_bits", "train"), ("bayesian_bits", "static"), ("bit_pruning", "none")]
+    "method,fold",
+    [("bayesian_bits", "train"), ("bayesian_bits", "static"), ("bit_pruning", "none"),
+     ("bit_pruning_symmetric", "none")],
 )
 def test_searched_model_exports_and_runs_like_its_evaluation_pass(method, fold, tmp_path):
     model, x = cnn(), torch.randn(16, 3, 8, 8)
+    bp = None
     if method == "bayesian_bits":
         recs = plan_layers(model, WrapConfig(fold_bn=fold), x[:1])
         mods = apply_plan(model, recs, method, BayesianBitsConfig())
     else:
         recs = plan_layers(model, WrapConfig(), x[:1])
-        mods = apply_plan(model, recs, method, BitPruningConfig(weight_granularity="group", group_size=4))
+        bp = (BitPruningConfig(weight_grid="symmetric", learn_ranges=True) if method == "bit_pruning_symmetric"
+              else BitPruningConfig(weight_granularity="group", group_size=4))
+        method = "bit_pruning"
+        mods = apply_plan(model, recs, method, bp)
     model.train()
     with torch.no_grad():
         model(x)  # input ranges, BN statistics through the fold
@@ -63,6 +70,9 @@ def test_searched_model_exports_and_runs_like_its_evaluation_pass(method, fold, 
     got = ort_session(res.path).run(None, {"input": x.numpy()})[0]
     assert float(np.abs(got - ref).mean()) <= 0.02 * float(np.abs(ref).mean())
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9
+    if bp is not None:  # every weight on the configured grid (min-max grids carry a "grid" key)
+        grids = {spec["weight"].get("grid", "symmetric") for spec in config.layers.values() if spec["weight"]}
+        assert grids == {bp.weight_grid.value}, grids
     widths = {v["weight"] for v in res.layers.values()}
     assert len(widths) > 1, widths  # really mixed
     if method == "bayesian_bits":

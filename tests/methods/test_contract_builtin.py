@@ -34,3 +34,17 @@ class TestBitPruningLearnedRangesContract(QuantizerContract):
 
     def make_config(self):
         return BitPruningConfig(init_bits=3.5, weight_granularity="channel", learn_ranges=True)
+
+
+class TestBitPruningSymmetricWeightsContract(QuantizerContract):
+    method = "bit_pruning"
+
+    def make_config(self):
+        return BitPruningConfig(init_bits=3.5, weight_grid="symmetric")
+
+
+class TestBitPruningSymmetricLearnedRangesContract(QuantizerContract):
+    method = "bit_pruning"
+
+    def make_config(self):
+        return BitPruningConfig(init_bits=2.6, weight_grid="symmetric", learn_ranges=True)

@@ -16,6 +16,11 @@ class Granularity(str, Enum):
     GROUP = "group"  #: one bitlength per ``group_size`` consecutive output channels (ranges per channel)
 
 
+class WeightGrid(str, Enum):
+    MINMAX = "minmax"  #: the paper's affine grid: ``2^b`` levels from ``lo`` to ``hi`` (0 is not a level)
+    SYMMETRIC = "symmetric"  #: ``2^b - 1`` levels ``-(2^(b-1)-1) .. 2^(b-1)-1`` times ``2u / (2^b - 1)``, 0 a level
+
+
 class Rounding(str, Enum):
     CEIL = "ceil"  #: ``ceil(n - rounding_eps)``: conservative, never loses more than ``rounding_eps`` bits
     ROUND = "round"  #: nearest integer
@@ -38,6 +43,10 @@ class BitPruningConfig:
         learn_ranges: learn each range ``(lo, hi)`` from its min-max start with straight-through gradients (the
             ``"ranges"`` optimizer group), instead of the paper's min-max statistics (spec R3: at 2-3 bits a min-max
             range spends levels on outliers). The lower end of an unsigned tensor (``min >= 0``) stays fixed.
+        weight_grid: the weights' grid: ``"minmax"`` (the paper's affine grid from ``min(w)`` to ``max(w)``) or
+            ``"symmetric"`` (``[-u, u]`` with ``u = max|w|``, or learned from there with ``learn_ranges``; 0 is a
+            level, as on Bayesian Bits' and the uniform baselines' grids: spec 1.2's signed variant). Per-tensor
+            bitlengths and ``min_bits >= 2`` only (the 1-bit symmetric grid is ``{0}``). Inputs keep min-max grids.
     """
 
     init_bits: float = 8.0
@@ -49,6 +58,7 @@ class BitPruningConfig:
     rounding_eps: float = 0.05
     ema_momentum: float = 0.9
     learn_ranges: bool = False
+    weight_grid: WeightGrid | str = WeightGrid.MINMAX
 
     def __post_init__(self) -> None:
         self.min_bits = number_in("min_bits", self.min_bits, 1, 16)
@@ -63,3 +73,15 @@ class BitPruningConfig:
         self.ema_momentum = number_in("ema_momentum", self.ema_momentum, 0.0, 0.9999)
         if not isinstance(self.learn_ranges, bool):
             raise BBConfigError(f"Expected `learn_ranges` to be a bool, but got {self.learn_ranges!r}.")
+        self.weight_grid = enum_value(WeightGrid, "weight_grid", self.weight_grid)
+        if self.weight_grid == WeightGrid.SYMMETRIC:
+            if self.weight_granularity != Granularity.TENSOR:
+                raise BBConfigError(
+                    f"Expected `weight_granularity='tensor'` with `weight_grid='symmetric'` (one range and bitlength "
+                    f"per weight tensor), but got {self.weight_granularity.value!r}."
+                )
+            if self.min_bits < 2:
+                raise BBConfigError(
+                    f"Expected `min_bits` >= 2 with `weight_grid='symmetric'` (its 1-bit grid holds only 0), but got "
+                    f"{self.min_bits}."
+                )

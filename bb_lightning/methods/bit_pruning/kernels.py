@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...core.fake_quant import CLIP_SHRINK
 from ...core.minmax import _clip, _span, _step
 
 
@@ -77,6 +78,55 @@ class _FractionalQuantize(torch.autograd.Function):
         return grad_x, grad_n, grad_lo, grad_hi
 
 
+class _SymmetricFractionalQuantize(torch.autograd.Function):
+    """``Q_n`` on the restricted symmetric grid (per tensor): ``Q_b(x) = s_b * round(clamp(x / s_b, -t_b, t_b))``
+    with ``s_b = 2u / (2^b - 1)`` and ``t_b = (2^b - 1) / 2 * CLIP_SHRINK``, i.e. the codes
+    ``-(2^(b-1) - 1) .. 2^(b-1) - 1`` of `bb_lightning.core.fake_quant` (0 is a level). Gradients: straight-through
+    inside ``(-u', u')`` for ``x``, ``Q_{f+1} - Q_f`` for ``n``, and ``(Q_n - x [inside]) / u`` for ``u``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, n: Tensor, u: Tensor) -> Tensor:  # type: ignore[override]
+        f = torch.floor(n)
+        a = n - f
+        q0 = _symmetric_level(x, u, f)
+        delta = _symmetric_level(x, u, f + 1.0).sub_(q0)
+        out = q0.addcmul_(a, delta)
+        ctx.save_for_backward(x, u, delta, out if ctx.needs_input_grad[2] else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, u, delta, out = ctx.saved_tensors
+        hi = u * CLIP_SHRINK
+        grad_x = grad * ((x > -hi) & (x < hi))
+        grad_n = torch.dot(grad.reshape(-1), delta.reshape(-1)).reshape(()) if ctx.needs_input_grad[1] else None
+        grad_u = None
+        if out is not None:
+            grad_u = ((torch.dot(grad.reshape(-1), out.reshape(-1)) - torch.dot(grad_x.reshape(-1), x.reshape(-1)))
+                      / u).reshape(u.shape)
+        return grad_x if ctx.needs_input_grad[0] else None, grad_n, grad_u
+
+
+def _symmetric_level(x: Tensor, u: Tensor, bits: Tensor) -> Tensor:
+    """``Q_b(x)`` on the restricted symmetric grid for a float tensor ``bits`` (a new tensor, no autograd); the same
+    float32 operations as `bb_lightning.core.fake_quant.codes`, so integer ``bits`` give its grid bit for bit."""
+    steps = torch.exp2(bits) - 1.0
+    s = 2.0 * u / steps
+    top = steps / 2.0 * CLIP_SHRINK
+    return torch.div(x, s).clamp_(-top, top).round_().mul_(s)
+
+
+def symmetric_fractional_quantize(x: Tensor, n: Tensor, u: Tensor, learn_range: bool = False) -> Tensor:
+    """``Q_n(x)`` for a real 0-dim bitlength ``n >= 2`` on the symmetric signed grid ``[-u, u]`` (0-dim ``u > 0``) with
+    0 as a level; differentiable in ``x`` and ``n``, and in ``u`` with ``learn_range``. At integer ``n = b`` it equals
+    ``fake_quantize(x, u, b, signed=True)`` exactly.
+
+    >>> symmetric_fractional_quantize(torch.tensor([-0.3, 0.05, 0.4]), torch.tensor(2.0), torch.tensor(0.6))
+    tensor([-0.4000,  0.0000,  0.4000])
+    """
+    return _SymmetricFractionalQuantize.apply(x, n, u if learn_range else u.detach())
+
+
 def fractional_quantize(x: Tensor, n: Tensor, lo: Tensor, hi: Tensor, learn_range: bool = False) -> Tensor:
     """``Q_n(x)`` for a real bitlength ``n >= 1`` (0-dim or broadcastable to ``x``); differentiable in ``x`` and ``n``,
     and in ``lo``/``hi`` with ``learn_range`` (pass ``lo.detach()`` to learn ``hi`` only).
@@ -91,4 +141,4 @@ def fractional_quantize(x: Tensor, n: Tensor, lo: Tensor, hi: Tensor, learn_rang
     return _FractionalQuantize.apply(x, n, lo, hi)
 
 
-__all__ = ["fractional_quantize"]
+__all__ = ["fractional_quantize", "symmetric_fractional_quantize"]

@@ -6,6 +6,8 @@ i.e. exactly what is exported.
 Ranges are statistics, not parameters (spec 1.2): weights use their live min/max (per output channel when the
 bitlength is per channel or group), input activations a running (EMA) min/max updated in training and fixed in
 evaluation. With ``learn_ranges`` they start there and are then learned (spec R3; `kernels.fractional_quantize`).
+With ``weight_grid="symmetric"`` a weight uses the restricted symmetric grid ``[-u, u]`` with 0 as a level
+(`kernels.symmetric_fractional_quantize`), ``u = max|w|`` or learned from there.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ...core.fake_quant import MIN_RANGE, effective_range
 from ...core.minmax import minmax_quantize
 from ..base import QuantizerBase, Role
-from .config import BitPruningConfig, Granularity, Rounding
-from .kernels import fractional_quantize
+from .config import BitPruningConfig, Granularity, Rounding, WeightGrid
+from .kernels import fractional_quantize, symmetric_fractional_quantize
 
 
 class BitPruningQuantizer(QuantizerBase):
@@ -32,7 +35,8 @@ class BitPruningQuantizer(QuantizerBase):
 
     Attributes:
         bitlength: learned ``n``: 0-dim (per tensor), ``[C]`` (per channel) or ``[ceil(C / group_size)]``.
-        lo, hi: current range: 0-dim, or ``[C]`` for per-channel weight ranges.
+        lo, hi: current range: 0-dim, or ``[C]`` for per-channel weight ranges; on the symmetric weight grid ``hi``
+            is ``u`` (the learned parameter with ``learn_ranges``) and ``lo = -u`` a buffer.
     """
 
     learned_range = False
@@ -59,7 +63,13 @@ class BitPruningQuantizer(QuantizerBase):
             self.group_size = 0
             range_shape = ()
         self.learns_ranges = bool(config.learn_ranges)
-        if self.learns_ranges:
+        self.symmetric = role == "weight" and config.weight_grid == WeightGrid.SYMMETRIC
+        if self.symmetric:
+            self.grid = "symmetric"
+        if self.learns_ranges and self.symmetric:
+            self.register_buffer("lo", torch.full(range_shape, -1.0))
+            self.hi = nn.Parameter(torch.ones(range_shape))
+        elif self.learns_ranges:
             self.lo = nn.Parameter(torch.zeros(range_shape))
             self.hi = nn.Parameter(torch.ones(range_shape))
         else:
@@ -108,7 +118,9 @@ class BitPruningQuantizer(QuantizerBase):
         with torch.no_grad():
             if not self.frozen:
                 self.bitlength.clamp_(self.config.min_bits, self.config.max_bits)
-            if self.learns_ranges:  # a learned range never inverts
+            if self.learns_ranges and self.symmetric:
+                self.lo.copy_(-effective_range(self.hi))
+            elif self.learns_ranges:  # a learned range never inverts
                 torch.maximum(self.hi, self.lo + 1e-6, out=self.hi)
 
     def freeze(self) -> None:
@@ -118,7 +130,7 @@ class BitPruningQuantizer(QuantizerBase):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         groups = {"bits": [self.bitlength]}  # frozen (requires_grad=False) bitlengths are left out by the callback
         if self.learns_ranges:
-            groups[self.range_group] = [self.lo, self.hi]
+            groups[self.range_group] = [self.hi] if self.symmetric else [self.lo, self.hi]
         return groups
 
     def log_details(self) -> dict[str, Tensor]:
@@ -129,6 +141,9 @@ class BitPruningQuantizer(QuantizerBase):
     @torch.no_grad()
     def _weight_stats(self, w: Tensor) -> tuple[Tensor, Tensor]:
         w = w.detach().float()
+        if self.symmetric:
+            u = w.abs().amax().clamp_min(MIN_RANGE)
+            return -u, u
         if self.per_channel:
             return torch.aminmax(w.reshape(w.shape[0], -1), dim=1)
         return torch.aminmax(w)
@@ -163,7 +178,11 @@ class BitPruningQuantizer(QuantizerBase):
         self._signed, self._initialized = signed, True
 
     def range(self) -> tuple[float, float]:
-        """The overall clip range ``(lo, hi)`` (over all channels for per-channel ranges)."""
+        """The overall clip range ``(lo, hi)`` (over all channels for per-channel ranges); ``(-u, u)`` on the
+        symmetric grid."""
+        if self.symmetric:
+            u = float(effective_range(self.hi.detach()))
+            return -u, u
         return float(self.lo.detach().min()), float(self.hi.detach().max())
 
     def channel_ranges(self) -> Tensor | None:
@@ -203,6 +222,8 @@ class BitPruningQuantizer(QuantizerBase):
         return self._forward(x.float(), update=not fresh).to(x.dtype)
 
     def _forward(self, x: Tensor, update: bool = True) -> Tensor:
+        if self.symmetric:
+            return self._forward_symmetric(x)
         lo, hi = self._ranges(x, update)
         if not self.training:
             return minmax_quantize(x, lo, hi, self.channel_view(self.rounded_bits(), x.dim()))
@@ -213,7 +234,22 @@ class BitPruningQuantizer(QuantizerBase):
             return fractional_quantize(x, bits, lo, hi, learn_range=True)  # integer bits: Q_b, with range gradients
         return fractional_quantize(x, self.channel_view(self.expected_bits(), x.dim()), lo, hi, self.learns_ranges)
 
+    def _forward_symmetric(self, x: Tensor) -> Tensor:
+        """A weight on the symmetric grid ``[-u, u]``: ``u`` learned, or ``max|w|`` of the live weight."""
+        if self.learns_ranges:
+            u = effective_range(self.hi)
+        else:
+            _, u = self._weight_stats(x)
+            with torch.no_grad():
+                self.hi.copy_(u)
+                self.lo.copy_(-u)
+        learn = self.learns_ranges and self.training
+        if not self.training or self.frozen:
+            return symmetric_fractional_quantize(x, self.rounded_bits(), u, learn)
+        return symmetric_fractional_quantize(x, self.expected_bits(), u, learn)
+
     def extra_repr(self) -> str:
         gran = "tensor" if not self.per_channel else f"channels/{self.group_size}"
         ranges = "learned" if self.learns_ranges else "min-max"
-        return f"role={self.role}, channels={self.num_channels}, granularity={gran}, ranges={ranges}"
+        return (f"role={self.role}, channels={self.num_channels}, granularity={gran}, ranges={ranges}, "
+                f"grid={self.grid}")
