@@ -123,6 +123,19 @@ def test_learned_ranges_train_in_their_group_and_the_export_reproduces_the_model
     assert_config_reproduces(model, cb.config_path)
 
 
+def test_symmetric_weight_grid_fits_and_exports_symmetric_weights(tmp_path):
+    model = tiny_module()
+    cb = BitPruning(strength=1.0, learn_ranges=True, weight_grid="symmetric", init_bits=3.5, finetune_epochs=1)
+    trainer(tmp_path, [cb], max_epochs=2, limit_train_batches=4).fit(model, datamodule=digits())
+    state = get_state(model)
+    for name, m in state.modules.items():
+        q, spec = m.weight_quantizer, cb.config.layers[name]["weight"]
+        assert q.parameter_groups()["ranges"] == [q.hi] and "grid" not in spec  # symmetric: no "grid" key
+        assert spec["range"] == pytest.approx([-q.hi.item(), q.hi.item()])
+        assert cb.config.layers[name]["input"] is None or cb.config.layers[name]["input"]["grid"] == "minmax"
+    assert_config_reproduces(model, cb.config_path)
+
+
 @pytest.mark.parametrize("budget_mode", ["hinge", "dual"])
 def test_resume_mid_search_is_exact(tmp_path, budget_mode):
     def run(root, max_epochs, ckpt_path=None, callbacks=()):
