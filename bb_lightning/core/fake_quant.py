@@ -55,6 +55,15 @@ def codes(x: Tensor, u: Tensor | float, bits: int, signed: bool) -> Tensor:
     return torch.div(x, scale(u, bits, signed)).clamp_(-top if signed else 0.0, top).round_()
 
 
+def signed_level(x: Tensor, u: Tensor, bits: Tensor) -> Tensor:
+    """``Q_b(x) = s_b * codes(x, u, b, signed=True)`` for a float tensor ``bits`` (0-dim, e.g. the floor of a learned
+    bitlength), as a new tensor, without reading ``bits`` on the host: the same float32 operations as `codes` and
+    `scale`, so an integer-valued ``bits`` gives their grid bit for bit."""
+    steps = torch.exp2(bits) - 1.0
+    s = 2.0 * u / steps
+    return torch.div(x, s).clamp_(-steps / 2.0 * CLIP_SHRINK, steps / 2.0 * CLIP_SHRINK).round_().mul_(s)
+
+
 def _bounds(u: Tensor, signed: bool) -> tuple[Tensor, Tensor | float]:
     hi = u * CLIP_SHRINK
     return hi, (-hi if signed else 0.0)

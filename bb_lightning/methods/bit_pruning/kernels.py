@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...core.fake_quant import CLIP_SHRINK
+from ...core.fake_quant import CLIP_SHRINK, signed_level
 from ...core.minmax import _clip, _span, _step
 
 
@@ -88,8 +88,8 @@ class _SymmetricFractionalQuantize(torch.autograd.Function):
     def forward(ctx, x: Tensor, n: Tensor, u: Tensor) -> Tensor:  # type: ignore[override]
         f = torch.floor(n)
         a = n - f
-        q0 = _symmetric_level(x, u, f)
-        delta = _symmetric_level(x, u, f + 1.0).sub_(q0)
+        q0 = signed_level(x, u, f)
+        delta = signed_level(x, u, f + 1.0).sub_(q0)
         out = q0.addcmul_(a, delta)
         ctx.save_for_backward(x, u, delta, out if ctx.needs_input_grad[2] else None)
         return out
@@ -105,15 +105,6 @@ class _SymmetricFractionalQuantize(torch.autograd.Function):
             grad_u = ((torch.dot(grad.reshape(-1), out.reshape(-1)) - torch.dot(grad_x.reshape(-1), x.reshape(-1)))
                       / u).reshape(u.shape)
         return grad_x if ctx.needs_input_grad[0] else None, grad_n, grad_u
-
-
-def _symmetric_level(x: Tensor, u: Tensor, bits: Tensor) -> Tensor:
-    """``Q_b(x)`` on the restricted symmetric grid for a float tensor ``bits`` (a new tensor, no autograd); the same
-    float32 operations as `bb_lightning.core.fake_quant.codes`, so integer ``bits`` give its grid bit for bit."""
-    steps = torch.exp2(bits) - 1.0
-    s = 2.0 * u / steps
-    top = steps / 2.0 * CLIP_SHRINK
-    return torch.div(x, s).clamp_(-top, top).round_().mul_(s)
 
 
 def symmetric_fractional_quantize(x: Tensor, n: Tensor, u: Tensor, learn_range: bool = False) -> Tensor:
