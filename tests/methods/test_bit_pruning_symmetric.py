@@ -58,6 +58,21 @@ def test_integer_bitlengths_give_the_core_grid_bit_for_bit(bits):
     assert out.unique().numel() <= 2**bits - 1
 
 
+@pytest.mark.parametrize("bits", [2, 4, 7])
+def test_one_grid_at_integer_widths_gives_the_blend_and_its_x_and_u_gradients(bits):
+    """``blend=False`` (evaluation and the fixed-width tail) computes one grid instead of two, with the same result."""
+    torch.manual_seed(bits)
+    x0, g = 1.2 * torch.randn(500), torch.randn(500)
+    results = []
+    for blend in (True, False):
+        x, u = x0.clone().requires_grad_(), torch.tensor(0.9, requires_grad=True)
+        out = symmetric_fractional_quantize(x, torch.tensor(float(bits)), u, learn_range=True, blend=blend)
+        (out * g).sum().backward()
+        results.append((out.detach(), x.grad, u.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 def test_learned_symmetric_range_is_one_parameter_starting_at_max_abs():
     torch.manual_seed(1)
     w = torch.randn(4, 16)

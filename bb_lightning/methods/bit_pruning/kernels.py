@@ -82,16 +82,20 @@ class _SymmetricFractionalQuantize(torch.autograd.Function):
     """``Q_n`` on the restricted symmetric grid (per tensor): ``Q_b(x) = s_b * round(clamp(x / s_b, -t_b, t_b))``
     with ``s_b = 2u / (2^b - 1)`` and ``t_b = (2^b - 1) / 2 * CLIP_SHRINK``, i.e. the codes
     ``-(2^(b-1) - 1) .. 2^(b-1) - 1`` of `bb_lightning.core.fake_quant` (0 is a level). Gradients: straight-through
-    inside ``(-u', u')`` for ``x``, ``Q_{f+1} - Q_f`` for ``n``, and ``(Q_n - x [inside]) / u`` for ``u``."""
+    inside ``(-u', u')`` for ``x``, ``Q_{f+1} - Q_f`` for ``n``, and ``(Q_n - x [inside]) / u`` for ``u``. With
+    ``blend=False`` ``n`` is an integer width (evaluation, fixed widths): one level, no gradient to ``n``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, n: Tensor, u: Tensor) -> Tensor:  # type: ignore[override]
-        f = torch.floor(n)
-        a = n - f
-        q0 = signed_level(x, u, f)
-        delta = signed_level(x, u, f + 1.0).sub_(q0)
-        out = q0.addcmul_(a, delta)
-        ctx.save_for_backward(x, u, delta, out if ctx.needs_input_grad[2] else None)
+    def forward(ctx, x: Tensor, n: Tensor, u: Tensor, blend: bool) -> Tensor:  # type: ignore[override]
+        if blend:
+            f = torch.floor(n)
+            q0 = signed_level(x, u, f)
+            delta = signed_level(x, u, f + 1.0).sub_(q0)
+            out = q0.addcmul_(n - f, delta)
+        else:
+            out, delta = signed_level(x, u, n), None
+        need_n, need_u = ctx.needs_input_grad[1:3]
+        ctx.save_for_backward(x, u, delta if need_n else None, out if need_u else None)
         return out
 
     @staticmethod
@@ -99,23 +103,26 @@ class _SymmetricFractionalQuantize(torch.autograd.Function):
         x, u, delta, out = ctx.saved_tensors
         hi = u * CLIP_SHRINK
         grad_x = grad * ((x > -hi) & (x < hi))
-        grad_n = torch.dot(grad.reshape(-1), delta.reshape(-1)).reshape(()) if ctx.needs_input_grad[1] else None
+        grad_n = None if delta is None else torch.dot(grad.reshape(-1), delta.reshape(-1)).reshape(())
         grad_u = None
         if out is not None:
             grad_u = ((torch.dot(grad.reshape(-1), out.reshape(-1)) - torch.dot(grad_x.reshape(-1), x.reshape(-1)))
                       / u).reshape(u.shape)
-        return grad_x if ctx.needs_input_grad[0] else None, grad_n, grad_u
+        return grad_x if ctx.needs_input_grad[0] else None, grad_n, grad_u, None
 
 
-def symmetric_fractional_quantize(x: Tensor, n: Tensor, u: Tensor, learn_range: bool = False) -> Tensor:
+def symmetric_fractional_quantize(
+    x: Tensor, n: Tensor, u: Tensor, learn_range: bool = False, blend: bool = True
+) -> Tensor:
     """``Q_n(x)`` for a real 0-dim bitlength ``n >= 2`` on the symmetric signed grid ``[-u, u]`` (0-dim ``u > 0``) with
     0 as a level; differentiable in ``x`` and ``n``, and in ``u`` with ``learn_range``. At integer ``n = b`` it equals
-    ``fake_quantize(x, u, b, signed=True)`` exactly.
+    ``fake_quantize(x, u, b, signed=True)`` exactly; ``blend=False`` (an integer ``n`` that needs no gradient, e.g. the
+    rounded width in evaluation) computes that one grid instead of two.
 
     >>> symmetric_fractional_quantize(torch.tensor([-0.3, 0.05, 0.4]), torch.tensor(2.0), torch.tensor(0.6))
     tensor([-0.4000,  0.0000,  0.4000])
     """
-    return _SymmetricFractionalQuantize.apply(x, n, u if learn_range else u.detach())
+    return _SymmetricFractionalQuantize.apply(x, n, u if learn_range else u.detach(), blend)
 
 
 def fractional_quantize(x: Tensor, n: Tensor, lo: Tensor, hi: Tensor, learn_range: bool = False) -> Tensor:

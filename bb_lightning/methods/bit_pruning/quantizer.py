@@ -245,7 +245,7 @@ class BitPruningQuantizer(QuantizerBase):
                 self.lo.copy_(-u)
         learn = self.learns_ranges and self.training
         if not self.training or self.frozen:
-            return symmetric_fractional_quantize(x, self.rounded_bits(), u, learn)
+            return symmetric_fractional_quantize(x, self.rounded_bits(), u, learn, blend=False)
         return symmetric_fractional_quantize(x, self.expected_bits(), u, learn)
 
     def extra_repr(self) -> str:
