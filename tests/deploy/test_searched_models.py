@@ -32,22 +32,26 @@ def cnn() -> nn.Sequential:
     return m
 
 
+#: BitPruning settings by test id: per-group bitlengths on min-max grids, and learned symmetric weight grids
+BIT_PRUNING = {
+    "group": BitPruningConfig(weight_granularity="group", group_size=4),
+    "symmetric": BitPruningConfig(weight_grid="symmetric", learn_ranges=True),
+}
+
+
 @pytest.mark.parametrize(
     "method,fold",
-    [("bayesian_bits", "train"), ("bayesian_bits", "static"), ("bit_pruning", "none"),
-     ("bit_pruning_symmetric", "none")],
+    [("bayesian_bits", "train"), ("bayesian_bits", "static"), ("bit_pruning", "group"), ("bit_pruning", "symmetric")],
 )
 def test_searched_model_exports_and_runs_like_its_evaluation_pass(method, fold, tmp_path):
+    """``fold``: the BatchNorm folding for Bayesian Bits, the `BIT_PRUNING` settings for BitPruning."""
     model, x = cnn(), torch.randn(16, 3, 8, 8)
-    bp = None
-    if method == "bayesian_bits":
+    bp = BIT_PRUNING.get(fold) if method == "bit_pruning" else None
+    if bp is None:
         recs = plan_layers(model, WrapConfig(fold_bn=fold), x[:1])
         mods = apply_plan(model, recs, method, BayesianBitsConfig())
     else:
         recs = plan_layers(model, WrapConfig(), x[:1])
-        bp = (BitPruningConfig(weight_grid="symmetric", learn_ranges=True) if method == "bit_pruning_symmetric"
-              else BitPruningConfig(weight_granularity="group", group_size=4))
-        method = "bit_pruning"
         mods = apply_plan(model, recs, method, bp)
     model.train()
     with torch.no_grad():
